@@ -1,0 +1,58 @@
+"""The per-forward adapter context: which weights every hooked slot applies, for which examples.
+
+Task ids never travel through Hugging Face signatures. ``HyperscaleModel.forward``/``generate``
+generate the weights of every slot once, then run the backbone inside ``adapter_context(...)``;
+the forward hooks read the active context. Outside a context a hook raises instead of silently
+running the bare backbone.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+
+
+@dataclass
+class AdapterWeights:
+    """Adapter weights of every slot of one stack for the ``T`` distinct tasks of a batch.
+
+    Shapes: down_w [T, S, m, d], down_b [T, S, m], up_w [T, S, d, m], up_b [T, S, d],
+    gamma/beta [T, S, d]. ``T == 1`` is the single-task fast path.
+    """
+
+    down_w: torch.Tensor
+    down_b: torch.Tensor
+    up_w: torch.Tensor
+    up_b: torch.Tensor
+    gamma: torch.Tensor
+    beta: torch.Tensor
+
+    def fields(self) -> tuple[torch.Tensor, ...]:
+        return (self.down_w, self.down_b, self.up_w, self.up_b, self.gamma, self.beta)
+
+
+@dataclass
+class AdapterContext:
+    weights: dict[str, AdapterWeights]  # stack name -> weights
+    # per-example index into the task dimension T of the weights; None when T == 1
+    example_index: Optional[torch.Tensor]
+    ln_eps: float = 1e-5
+
+
+_ACTIVE: contextvars.ContextVar[Optional[AdapterContext]] = contextvars.ContextVar("hyperscale_adapter_context", default=None)
+
+
+@contextlib.contextmanager
+def adapter_context(ctx: AdapterContext) -> Iterator[AdapterContext]:
+    token = _ACTIVE.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_context() -> Optional[AdapterContext]:
+    return _ACTIVE.get()

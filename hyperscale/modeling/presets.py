@@ -1,0 +1,59 @@
+"""Offline backbone presets: the architectures of public T5-family checkpoints as ``T5Config``s.
+
+They need no download: ``build_backbone("preset:t5-base")`` makes a randomly initialised model of
+that shape (for benchmarks and tests), and ``hyperscale params`` counts parameters on the meta
+device without allocating weights.
+"""
+from __future__ import annotations
+
+from transformers import T5Config
+
+_V10 = dict(feed_forward_proj="relu", tie_word_embeddings=True, vocab_size=32128)
+_V11 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, vocab_size=32128)
+_MT5 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, vocab_size=250112)
+
+
+def _shape(d_model: int, d_ff: int, d_kv: int, heads: int, layers: int) -> dict:
+    return dict(d_model=d_model, d_ff=d_ff, d_kv=d_kv, num_heads=heads, num_layers=layers, num_decoder_layers=layers)
+
+
+PRESETS: dict[str, dict] = {
+    # tiny: for tests and the embedded default run (real T5 vocabulary size)
+    "t5-tiny": {**_V10, **_shape(64, 128, 16, 4, 2)},
+    "t5-v1_1-tiny": {**_V11, **_shape(64, 128, 16, 4, 2)},
+    "t5-small": {**_V10, **_shape(512, 2048, 64, 8, 6)},
+    "t5-base": {**_V10, **_shape(768, 3072, 64, 12, 12)},
+    "t5-large": {**_V10, **_shape(1024, 4096, 64, 16, 24)},
+    "t5-3b": {**_V10, **_shape(1024, 16384, 128, 32, 24)},
+    "t5-11b": {**_V10, **_shape(1024, 65536, 128, 128, 24)},
+    "t5-v1_1-small": {**_V11, **_shape(512, 1024, 64, 6, 8)},
+    "t5-v1_1-base": {**_V11, **_shape(768, 2048, 64, 12, 12)},
+    "t5-v1_1-large": {**_V11, **_shape(1024, 2816, 64, 16, 24)},
+    "t5-v1_1-xl": {**_V11, **_shape(2048, 5120, 64, 32, 24)},
+    "t5-v1_1-xxl": {**_V11, **_shape(4096, 10240, 64, 64, 24)},
+    "mt5-small": {**_MT5, **_shape(512, 1024, 64, 6, 8)},
+    "mt5-base": {**_MT5, **_shape(768, 2048, 64, 12, 12)},
+    "mt5-large": {**_MT5, **_shape(1024, 2816, 64, 16, 24)},
+    "mt5-xl": {**_MT5, **_shape(2048, 5120, 64, 32, 24)},
+    "mt5-xxl": {**_MT5, **_shape(4096, 10240, 64, 64, 24)},
+}
+for _size in ("small", "base", "large", "xl", "xxl"):
+    PRESETS[f"flan-t5-{_size}"] = dict(PRESETS[f"t5-v1_1-{_size}"])
+
+HUB_IDS = {
+    "t5-small": "google-t5/t5-small", "t5-base": "google-t5/t5-base", "t5-large": "google-t5/t5-large",
+    "t5-3b": "google-t5/t5-3b", "t5-11b": "google-t5/t5-11b",
+    **{f"t5-v1_1-{s}": f"google/t5-v1_1-{s}" for s in ("small", "base", "large", "xl", "xxl")},
+    **{f"flan-t5-{s}": f"google/flan-t5-{s}" for s in ("small", "base", "large", "xl", "xxl")},
+    **{f"mt5-{s}": f"google/mt5-{s}" for s in ("small", "base", "large", "xl", "xxl")},
+}
+
+
+def preset_config(name: str) -> T5Config:
+    key = name.removeprefix("preset:")
+    if key not in PRESETS:
+        raise ValueError(f"unknown backbone preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    cfg = T5Config(**PRESETS[key], decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    if key.startswith("mt5"):
+        cfg.model_type = "mt5"
+    return cfg
