@@ -49,7 +49,7 @@ STSB_RANGE = (0.0, 5.0)
 DEFAULT_STSB_GRID = 0.2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TsvFormat:
     """How to read a GLUE-style TSV file (no quoting; fields split on tabs).
 
@@ -64,7 +64,7 @@ class TsvFormat:
     n_fields: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Task:
     """One task of the paper in text-to-text form.
 

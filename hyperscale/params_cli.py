@@ -1,0 +1,127 @@
+"""``hyperscale params``: the parameter report of a method on a backbone, without allocating weights.
+
+The backbone is built on the meta device (shapes only), wrapped, and counted::
+
+    hyperscale params --backbone t5-base --method hyperformer++ --tasks 8 [--reduction-factor 32] [--json]
+
+``--backbone`` is a preset name (``t5-base``), ``preset:NAME``, or a local directory whose
+``config.json`` is read. ``--tasks`` is a count or a comma-separated list of task names.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+DESCRIPTION = "Print the parameter report (trainable by group, total, % per task) without allocating weights."
+
+
+def parse_tasks(spec: str) -> list[str]:
+    """``"8"`` -> ``task0..task7``; ``"rte,sst2"`` -> ``["rte", "sst2"]``."""
+    spec = spec.strip()
+    if spec.isdigit():
+        n = int(spec)
+        if n < 1:
+            raise ValueError("--tasks must be at least 1")
+        return [f"task{i}" for i in range(n)]
+    names = [t.strip() for t in spec.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"--tasks {spec!r}: give a count or a comma-separated list of task names")
+    return names
+
+
+def backbone_config(spec: str):
+    """A ``T5Config``-family config for a preset name, ``preset:NAME`` or a local model directory."""
+    from .modeling.presets import PRESETS, preset_config
+
+    if spec.startswith("preset:") or spec in PRESETS:
+        return preset_config(spec)
+    if os.path.isdir(spec):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(spec)
+    raise ValueError(f"--backbone {spec!r} is neither a preset nor a local model directory; "
+                     f"presets: {', '.join(sorted(PRESETS))}")
+
+
+def build_report(backbone: str, method: str, tasks: list[str], reduction_factor: int = 32) -> dict[str, Any]:
+    """Build the model on the meta device and return its ``parameter_report()``."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, MT5ForConditionalGeneration, T5ForConditionalGeneration
+
+    from .modeling.model import HyperscaleConfig, HyperscaleModel
+
+    cfg = backbone_config(backbone)
+    config = HyperscaleConfig(method=method, tasks=list(tasks), reduction_factor=reduction_factor,
+                              backbone_id=backbone)
+    with torch.device("meta"):
+        if cfg.model_type == "mt5":
+            model = MT5ForConditionalGeneration(cfg)
+        elif cfg.model_type == "t5":
+            model = T5ForConditionalGeneration(cfg)
+        else:
+            model = AutoModelForSeq2SeqLM.from_config(cfg)
+        wrapped = HyperscaleModel(model, config, compute_hash=False)
+    return wrapped.parameter_report()
+
+
+def format_report(report: dict[str, Any], backbone: str) -> str:
+    rows = [(name, f"{n:,}") for name, n in report["groups"].items()]
+    rows.append(("trainable (total)", f"{report['trainable']:,}"))
+    rows.append(("backbone (all weights)", f"{report['backbone']:,}"))
+    rows.append(("model total", f"{report['total']:,}"))
+    rows.append(("trainable per task (% of backbone)", f"{report['percent_per_task']:.2f} %"))
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    n_groups = len(report["groups"])
+    head = (f"{report['method']} on {backbone}: {report['tasks']} task(s), reduction factor "
+            f"{report['reduction_factor']} (adapter bottleneck {report['bottleneck']})")
+    lines = [head, "", f"{'group':<{w0}}  {'parameters':>{w1}}", "-" * (w0 + 2 + w1)]
+    for i, (name, value) in enumerate(rows):
+        if i == n_groups:
+            lines.append("-" * (w0 + 2 + w1))
+        lines.append(f"{name:<{w0}}  {value:>{w1}}")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``params`` on an ``argparse`` subparsers object; sets ``func=run``."""
+    from .modeling.model import METHODS
+
+    p = subparsers.add_parser("params", help=DESCRIPTION, description=DESCRIPTION)
+    p.add_argument("--backbone", default="t5-base",
+                   help="preset name (t5-base, flan-t5-large, ...), preset:NAME, or a local model directory "
+                        "(its config.json is read); default t5-base")
+    p.add_argument("--method", default="hyperformer++", choices=METHODS, help="default hyperformer++")
+    p.add_argument("--tasks", default="8", help="number of tasks, or a comma-separated list of names; default 8")
+    p.add_argument("--reduction-factor", type=int, default=32, help="d_model / adapter bottleneck; default 32")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        tasks = parse_tasks(str(args.tasks))
+        report = build_report(args.backbone, args.method, tasks, args.reduction_factor)
+    except (ValueError, OSError) as e:
+        print(f"hyperscale params: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report, args.backbone))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hyperscale")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(["params"] + sys.argv[1:]))

@@ -1,0 +1,481 @@
+"""The hyperscale training recipe: ``python -m hyperscale.train [CONFIG] [key=value ...] [--resume auto]``.
+
+Runs as a plain process, under ``torchrun``, the ``deepspeed`` launcher or ``srun``. The recipe has
+torchtune's shape: ``setup`` (distributed, data, model, engine, resume), ``train`` (a loop that
+reads top to bottom: sample, forward, backward, step, then log, eval and save on their own
+intervals), ``evaluate``, ``save`` and ``load``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .training import checkpoint as ckpt
+from .training.config import ConfigError, RunConfig, load_config
+from .training.ds_config import build_ds_config
+from .training.logging import RunLogger
+from .training.state import TrainState, seed_everything
+
+
+def log0(msg: str) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"[hyperscale] {msg}", flush=True)
+
+
+def _init_distributed(cfg: RunConfig) -> tuple[int, int, int]:
+    """Derive the rank environment (torchrun / deepspeed / SLURM / plain) and start the process group."""
+    try:
+        from .launch import setup_distributed_env
+    except ImportError:  # pragma: no cover - launch module missing
+        setup_distributed_env = None
+    if setup_distributed_env is not None:
+        env = setup_distributed_env()
+        rank, local_rank, world = env.rank, env.local_rank, env.world_size
+    else:
+        os.environ.setdefault("RANK", "0"), os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1"), os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29511")
+        rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    import deepspeed
+
+    deepspeed.init_distributed(timeout=timedelta(seconds=cfg.distributed.timeout_s))
+    return rank, local_rank, world
+
+
+class Recipe:
+    def __init__(self, cfg: RunConfig, resume: Optional[str] = None):
+        self.cfg = cfg
+        self.resume = resume if resume is not None else cfg.checkpoint.resume
+        self.output_dir = Path(cfg.output_dir).resolve()
+        self.ckpt_root = self.output_dir / "checkpoints"
+        self.state = TrainState()
+        self.preempt = None
+
+    # ================================================================== setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.rank, self.local_rank, self.world = _init_distributed(cfg)
+        self._check_output_dir()
+        self.device = self._device()
+        seed_everything(cfg.train.seed + self.rank)
+        self._setup_data()
+        self._setup_model()
+        self._setup_engine()
+        resume_from = ckpt.resolve_checkpoint(self.resume, self.output_dir) if self.resume else None
+        if resume_from is not None:
+            self.load(resume_from)
+        elif self.resume and self.resume != "auto":
+            raise FileNotFoundError(f"nothing to resume at {self.resume}")
+        if self.rank == 0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(cfg.to_yaml())
+            (self.output_dir / "data_protocol.json").write_text(json.dumps(self.protocol, indent=2) + "\n")
+        self.logger = RunLogger(self.output_dir, self.rank, cfg.logging.tensorboard,
+                                resume_step=self.state.step if resume_from is not None else None)
+        if resume_from is None:
+            self.logger.text("config", "```\n" + cfg.to_yaml() + "\n```")
+        self._setup_preemption()
+
+    def _check_output_dir(self) -> None:
+        has_run = ckpt.find_latest(self.ckpt_root) is not None or (self.output_dir / "train_log.jsonl").exists()
+        if has_run and not self.resume:
+            raise FileExistsError(
+                f"output_dir {self.output_dir} already holds a run; continue it with --resume auto, or choose "
+                "another output_dir (nothing is overwritten)")
+
+    def _device(self) -> torch.device:
+        want = self.cfg.train.device
+        if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+            if not torch.cuda.is_available():
+                raise RuntimeError("train.device=cuda but no CUDA device is visible")
+            torch.cuda.set_device(self.local_rank)
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+    def _setup_data(self) -> None:
+        from .data.loading import load_multitask_splits, protocol_fingerprint
+        from .data.sampler import MultiTaskSampler
+        from .data.tokenization import Seq2SeqCollator, default_tokenizer, load_tokenizer, tokenize_splits
+
+        cfg, d = self.cfg, self.cfg.data
+        self.tokenizer = default_tokenizer() if d.tokenizer == "default" else load_tokenizer(d.tokenizer)
+        data_dir = None if d.data_dir == "sample" else d.data_dir
+        splits = load_multitask_splits(d.tasks, data_dir, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
+                                       seed=d.split_seed, stsb_grid=d.stsb_grid,
+                                       add_prefix=cfg.model.method == "finetune")
+        self.protocol = protocol_fingerprint(splits)
+        cache_dir = Path(d.cache_dir) if d.cache_dir else None
+        if self.rank == 0:  # rank 0 fills the cache, the others read it
+            self.data = tokenize_splits(splits, self.tokenizer, d.max_source_length, d.max_target_length, cache_dir)
+        self._barrier()
+        if self.rank != 0:
+            self.data = tokenize_splits(splits, self.tokenizer, d.max_source_length, d.max_target_length, cache_dir)
+        self.tasks = list(d.tasks)
+        self.task_to_id = {t: i for i, t in enumerate(self.tasks)}
+        self.collate = Seq2SeqCollator(pad_token_id=self.tokenizer.pad_token_id, task_to_id=self.task_to_id)
+        sizes = {t: len(self.data[t]["train"]) for t in self.tasks}
+        lengths = ({t: [len(x) for x in self.data[t]["train"]["input_ids"]] for t in self.tasks}
+                   if cfg.sampler.group_by_length else None)
+        self.sampler = MultiTaskSampler(sizes, cfg.train.global_batch_size, seed=cfg.train.seed,
+                                        temperature=cfg.sampler.temperature, mode=cfg.sampler.mode,
+                                        group_by_length=cfg.sampler.group_by_length, lengths=lengths)
+        log0(f"data: {', '.join(f'{t} {n}' for t, n in sizes.items())} training examples")
+
+    def _resolve_backbone(self) -> str:
+        """A ``preset:`` backbone is created once (seeded), saved into the run and loaded back from disk."""
+        spec = self.cfg.model.backbone
+        if not spec.startswith("preset:"):
+            return spec
+        target = self.output_dir / "backbone"
+        if self.rank == 0 and not (target / "config.json").exists():
+            from .modeling.model import load_backbone
+
+            torch.manual_seed(self.cfg.model.init_seed)
+            model, _ = load_backbone(spec)
+            model.save_pretrained(str(target))
+            torch.manual_seed(self.cfg.train.seed + self.rank)
+        self._barrier()
+        return str(target)
+
+    def _setup_model(self) -> None:
+        from .modeling.model import HyperscaleModel
+
+        m = self.cfg.model
+        backbone = self._resolve_backbone()
+        self.model = HyperscaleModel.from_backbone(
+            backbone, self.tasks, method=m.method, reduction_factor=m.reduction_factor,
+            task_embedding_dim=m.task_embedding_dim, layer_embedding_dim=m.layer_embedding_dim,
+            position_embedding_dim=m.position_embedding_dim, projector_hidden_dim=m.projector_hidden_dim,
+            conditioning_dim=m.conditioning_dim, train_layer_norms=m.train_layer_norms)
+        if m.dropout is not None:
+            self.model.backbone.config.dropout_rate = m.dropout
+            for mod in self.model.backbone.modules():
+                if isinstance(mod, torch.nn.Dropout):
+                    mod.p = m.dropout
+        if m.gradient_checkpointing:
+            self.model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        report = self.model.parameter_report()
+        log0(f"model: {m.method} on {backbone}: {report['trainable']:,} trainable of {report['backbone']:,} "
+             f"backbone parameters ({report['percent_per_task']:.3f} % per task)")
+
+    def _setup_engine(self) -> None:
+        import deepspeed
+
+        cfg = self.cfg
+        if cfg.train.precision == "fp16":
+            warnings.warn("fp16 with T5 overflows easily (inf activations); bf16 is the supported precision")
+        self.ds_config = build_ds_config(cfg, self.world)
+        self.model.to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.engine, _, _, _ = deepspeed.initialize(model=self.model, model_parameters=params, config=self.ds_config)
+        self.accum = self.ds_config["gradient_accumulation_steps"]
+        self.state.config_fingerprint = cfg.model_fingerprint()
+        self.state.backbone_hash = self.model.config.backbone_hash
+
+    def _setup_preemption(self) -> None:
+        try:
+            from .training.preemption import PreemptionHandler
+        except ImportError:  # pragma: no cover
+            return
+        self.preempt = PreemptionHandler()
+        self.preempt.install()
+
+    def _barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()
+
+    # ================================================================== train
+    def train(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        if self.state.step >= t.max_steps:
+            log0(f"already at step {self.state.step} >= train.max_steps={t.max_steps}; nothing to train")
+        bar = self._progress_bar()
+        window = {"loss_sum": torch.zeros(len(self.tasks)), "count": torch.zeros(len(self.tasks)), "tokens": 0.0,
+                  "time": 0.0, "steps": 0}
+        while self.state.step < t.max_steps:
+            if self.preempt is not None and self.preempt.should_stop():
+                self._preempted()
+            # ---- sample, forward, backward, step
+            t0 = time.perf_counter()
+            examples = self.sampler.next_rank_batch(self.rank, self.world)
+            if cfg.distributed.check_task_sync:
+                self._check_task_sync()
+            stats = torch.zeros(3, len(self.tasks))  # per task: loss sum, example count, tokens
+            mb = t.micro_batch_size
+            for i in range(0, len(examples), mb):
+                batch = self._collate(examples[i:i + mb])
+                loss, per_example = self._loss(batch)
+                self.engine.backward(loss)
+                self.engine.step()
+                stats[0].index_add_(0, batch["task_ids"], per_example.detach().float().cpu())
+                stats[1].index_add_(0, batch["task_ids"], torch.ones(len(per_example)))
+                stats[2].index_add_(0, batch["task_ids"], (batch["attention_mask"].sum(1) + (batch["labels"] != -100).sum(1)).float())
+            if dist.is_initialized() and self.world > 1:
+                dist.all_reduce(stats)
+            self.state.step += 1
+            self.state.samples_seen += int(stats[1].sum())
+            self.state.tokens_seen += int(stats[2].sum())
+            self.state.sampler = self.sampler.state_dict()
+            dt = time.perf_counter() - t0
+            loss_value = float(stats[0].sum() / stats[1].sum())
+            # ---- log
+            window["loss_sum"] += stats[0]
+            window["count"] += stats[1]
+            window["tokens"] += float(stats[2].sum())
+            window["time"] += dt
+            window["steps"] += 1
+            lr = self.engine.get_lr()[0]
+            self.logger.record({"step": self.state.step, "loss": loss_value, "lr": lr,
+                                "tasks": {self.tasks[i]: int(c) for i, c in enumerate(stats[1].tolist()) if c}})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", samples_s=f"{stats[1].sum() / dt:.1f}")
+            if self.state.step % cfg.logging.every_steps == 0 or self.state.step == t.max_steps:
+                self._log_window(window, lr)
+                window = {k: (v.zero_() if isinstance(v, torch.Tensor) else 0.0) for k, v in window.items()}
+            # ---- eval
+            final = self.state.step == t.max_steps
+            is_best = False
+            if (cfg.eval.every_steps and self.state.step % cfg.eval.every_steps == 0) or final:
+                is_best = self._eval_and_track(final)
+            # ---- save
+            if (cfg.checkpoint.every_steps and self.state.step % cfg.checkpoint.every_steps == 0) or final or is_best:
+                self.save(is_best=is_best)
+        if bar is not None:
+            bar.close()
+        return self.results if hasattr(self, "results") else {}
+
+    def _progress_bar(self) -> Any:
+        if self.rank != 0 or not self.cfg.logging.progress_bar:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.cfg.train.max_steps, initial=self.state.step, desc="train", dynamic_ncols=True,
+                    file=sys.stderr)
+
+    def _collate(self, examples: list) -> dict:
+        feats = []
+        for task, idx in examples:
+            row = self.data[task]["train"][int(idx)]
+            feats.append({"input_ids": row["input_ids"], "labels": row["labels"], "task": task})
+        batch = self.collate(feats)
+        return {k: v.to(self.device) if k != "task_ids" else v for k, v in batch.items()}
+
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean over examples of each example's mean token loss: the same objective for any world size,
+        micro-batch size or padding."""
+        labels = batch["labels"]
+        out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          decoder_input_ids=self.model.backbone._shift_right(labels),
+                          task_ids=batch["task_ids"] if self.model.bank is not None else None)
+        logits = out.logits.float()
+        tok = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100,
+                              reduction="none").view(labels.shape)
+        n_tok = (labels != -100).sum(1).clamp(min=1)
+        per_example = tok.sum(1) / n_tok
+        return per_example.mean(), per_example
+
+    def _check_task_sync(self) -> None:
+        # every rank derives the same global batch from (seed, step); compare its digest across ranks
+        import hashlib
+
+        step = self.state.step
+        digest = hashlib.sha256(repr(self.sampler.global_batch(step)).encode()).digest()[:7]
+        value = torch.tensor([int.from_bytes(digest, "big")], dtype=torch.long)
+        gathered = [torch.zeros_like(value) for _ in range(self.world)]
+        dist.all_gather(gathered, value)
+        bad = [r for r, g in enumerate(gathered) if int(g) != int(value)]
+        if bad:
+            raise RuntimeError(f"task sync check failed at step {step}: rank {self.rank} and ranks {bad} "
+                               "sample different global batches (different seeds, data or sampler state?)")
+
+    def _log_window(self, w: dict, lr: float) -> None:
+        step = self.state.step
+        count = w["count"].sum().clamp(min=1)
+        scalars = {"train/loss": float(w["loss_sum"].sum() / count), "train/lr": lr,
+                   "train/samples_per_s": float(count) / max(w["time"], 1e-9),
+                   "train/tokens_per_s": w["tokens"] / max(w["time"], 1e-9),
+                   "train/skipped_steps": float(getattr(self.engine, "skipped_steps", 0))}
+        gn = self.engine.get_global_grad_norm()
+        if gn is not None:
+            scalars["train/grad_norm"] = float(gn)
+        for i, task in enumerate(self.tasks):
+            scalars[f"train/task_count/{task}"] = float(w["count"][i])
+            if w["count"][i] > 0:
+                scalars[f"train/loss/{task}"] = float(w["loss_sum"][i] / w["count"][i])
+        self.logger.scalars(step, scalars)
+        self.logger.flush()
+
+    # ================================================================== eval
+    def _eval_and_track(self, final: bool) -> bool:
+        splits = [s for s in self.cfg.eval.splits if final or s == "validation"]
+        results = {s: self.evaluate(s) for s in splits}
+        if not hasattr(self, "results"):
+            self.results = {}
+        self.results.update(results)
+        if "validation" not in results:
+            return False
+        score = results["validation"]["average"]["mean_all_metrics"]
+        if self.state.best_metric is None or score > self.state.best_metric:
+            self.state.best_metric = score
+            self.state.best_tag = ckpt.tag_for(self.state.step)
+            return True
+        return False
+
+    def evaluate(self, split: str) -> dict:
+        from .data.metrics import average_metrics, compute_task_metrics
+        from .data.tasks import get_task
+        from .training.evaluate import predict_task
+
+        e = self.cfg.eval
+        module = self.engine.module
+        was_training = module.training
+        module.eval()
+        per_task = {}
+        t0 = time.perf_counter()
+        for task in self.tasks:
+            ds = self.data[task][split]
+            n = len(ds) if e.max_examples is None else min(len(ds), e.max_examples)
+            rows = ds.select(range(n))
+            spec = get_task(task)
+            labels = None if spec.is_regression else list(spec.label_strings())
+            preds = predict_task(module, self.tokenizer, task, rows["source"], mode=e.mode, label_strings=labels,
+                                 max_target_tokens=spec.max_target_length + 1, batch_size=e.batch_size,
+                                 device=self.device, max_source_length=self.cfg.data.max_source_length,
+                                 synced_gpus=self.cfg.deepspeed.zero_stage == 3 and self.world > 1)
+            per_task[task] = compute_task_metrics(task, preds, rows["target"])
+        if was_training:
+            module.train()
+        result = {"step": self.state.step, "split": split, "tasks": per_task, "average": average_metrics(per_task),
+                  "seconds": time.perf_counter() - t0}
+        if self.rank == 0:
+            out = self.output_dir / "eval"
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{split}-step-{self.state.step:08d}.json").write_text(json.dumps(result, indent=2) + "\n")
+            scalars = {f"eval/{split}/{k}": v for k, v in result["average"].items()}
+            for task, metrics in per_task.items():
+                scalars.update({f"eval/{split}/{task}/{k}": v for k, v in metrics.items()})
+            self.logger.scalars(self.state.step, scalars)
+        return result
+
+    # ================================================================== save / load
+    def save(self, is_best: bool = False) -> str:
+        files = {"hyperscale_config.json": json.dumps(self.model.config.to_dict(), indent=2, sort_keys=True) + "\n",
+                 "run_config.yaml": self.cfg.to_yaml()}
+        tok_dir = self.output_dir / "tokenizer"
+        if self.rank == 0 and not tok_dir.exists():
+            self.tokenizer.save_pretrained(str(tok_dir))
+        files["tokenizer"] = tok_dir
+        tag = ckpt.save(self.engine, self.ckpt_root, self.state, files, self.cfg.checkpoint.keep_last, is_best)
+        self.last_tag = tag
+        log0(f"saved checkpoint {self.ckpt_root / tag}")
+        return tag
+
+    def load(self, ckpt_dir: Path) -> None:
+        state = ckpt.load(self.engine, ckpt_dir)
+        fp = self.cfg.model_fingerprint()
+        if state.config_fingerprint and state.config_fingerprint != fp:
+            saved = (ckpt_dir / "run_config.yaml")
+            raise ConfigError(
+                f"cannot resume from {ckpt_dir}: its model/tasks configuration differs from this run's "
+                f"(fingerprint {state.config_fingerprint} != {fp}); compare with {saved}. Tasks, method and sizes "
+                "must match; start a new output_dir for a different configuration")
+        if state.backbone_hash and self.model.config.backbone_hash and state.backbone_hash != self.model.config.backbone_hash:
+            raise ConfigError(f"cannot resume from {ckpt_dir}: the backbone's weights differ from the ones it was "
+                              "trained on (hash mismatch); load the original backbone")
+        self.state = state
+        self.sampler.load_state_dict(state.sampler)
+        log0(f"resumed from {ckpt_dir} at step {state.step}")
+
+    def _preempted(self) -> None:
+        log0(f"preemption signal: saving at step {self.state.step}")
+        self.save()
+        self.preempt.requeue()
+        self.logger.close()
+        self._barrier()
+        sys.exit(0)
+
+    # ================================================================== finish
+    def finish(self) -> dict:
+        """Export the last checkpoint to standalone weights and print the result table (rank 0)."""
+        summary = {"checkpoint": str(self.ckpt_root / getattr(self, "last_tag", "")),
+                   "tensorboard": str(self.output_dir / "tensorboard")}
+        if self.rank == 0:
+            from .training.export import export_checkpoint
+
+            export_dir = self.output_dir / "export"
+            if (export_dir / "hyperscale_config.json").exists():
+                export_dir = self.output_dir / f"export-step-{self.state.step:08d}"
+            if not (export_dir / "hyperscale_config.json").exists():
+                export_checkpoint(self.ckpt_root / self.last_tag, export_dir)
+            summary["export"] = str(export_dir)
+            results = getattr(self, "results", {})
+            (self.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            print(format_results(results), flush=True)
+            for k, v in summary.items():
+                print(f"{k:>12}: {v}", flush=True)
+        self._barrier()
+        self.logger.close()
+        return summary
+
+
+def format_results(results: dict) -> str:
+    if not results:
+        return "(no evaluation results)"
+    lines = []
+    for split, res in results.items():
+        lines.append(f"\n{split} (step {res['step']}):")
+        lines.append(f"  {'task':<10} metrics")
+        for task, metrics in res["tasks"].items():
+            lines.append(f"  {task:<10} " + "  ".join(f"{k} {v:6.2f}" for k, v in metrics.items()))
+        avg = res["average"]
+        lines.append(f"  {'average':<10} " + "  ".join(f"{k} {v:6.2f}" for k, v in avg.items()))
+    return "\n".join(lines)
+
+
+def build_arg_parser(prog: str = "python -m hyperscale.train") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Train a hyperscale model (HyperFormer++ and baselines).")
+    p.add_argument("config", nargs="?", default=None,
+                   help="run config YAML (default: the embedded tiny CPU run, configs/default.yaml)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.max_steps=100")
+    p.add_argument("--resume", default=None, help="'auto' (continue from the run's latest checkpoint) or a path")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def run(args: argparse.Namespace) -> dict:
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        overrides.insert(0, config)
+        config = None
+    cfg = load_config(config, overrides)
+    recipe = Recipe(cfg, resume=args.resume)
+    recipe.setup()
+    recipe.train()
+    return recipe.finish()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ConfigError, FileExistsError, FileNotFoundError) as e:
+        print(f"hyperscale: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Run configuration: dataclasses loaded from YAML with strict keys, validated, overridable.
+
+``load_config(path, overrides)`` reads a YAML file (or the embedded default when ``path`` is
+None), applies ``key.sub=value`` overrides (values parsed as YAML scalars), rejects unknown keys
+with a "did you mean" hint and validates values. Mutable training state never lives here: see
+``hyperscale.training.state``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ..modeling.model import METHODS
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A run configuration (file, override or value) is invalid; the message says how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "preset:t5-tiny"  # preset:NAME (random init, saved into the run), a directory, or a hub id
+    method: str = "hyperformer++"
+    reduction_factor: int = 32
+    task_embedding_dim: int = 64
+    layer_embedding_dim: int = 64
+    position_embedding_dim: int = 64
+    projector_hidden_dim: int = 128
+    conditioning_dim: int = 64
+    train_layer_norms: bool = True
+    dropout: Optional[float] = None  # None keeps the backbone's dropout_rate
+    gradient_checkpointing: bool = False
+    init_seed: int = 0  # seed of a preset backbone's random init
+
+
+@dataclass
+class DataConfig:
+    tasks: list = field(default_factory=lambda: ["rte", "mrpc", "sst2", "cola", "stsb", "cb"])
+    data_dir: str = "sample"  # "sample" (shipped), "hub" (datasets.load_dataset) or a GLUE-layout directory
+    tokenizer: str = "default"  # "default" = shipped T5 spiece.model, or a tokenizer directory / hub id
+    max_source_length: int = 128
+    max_target_length: int = 128
+    n_train: Optional[int] = None
+    n_val: Optional[int] = None
+    n_test: Optional[int] = None
+    split_seed: int = 42
+    stsb_grid: float = 0.2
+    cache_dir: Optional[str] = None  # default: OUTPUT_DIR/../.hyperscale_cache
+
+
+@dataclass
+class SamplerConfig:
+    temperature: float = 10.0
+    mode: str = "same-task"  # same-task | mixed
+    group_by_length: bool = False
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    global_batch_size: int = 32
+    micro_batch_size: int = 32
+    lr: float = 3e-4
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    seed: int = 42
+    precision: str = "bf16"  # bf16 | fp32 | fp16 (fp16 needs allow_fp16)
+    allow_fp16: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 2
+    offload: bool = False  # ZeRO-3 parameter + optimizer offload to CPU
+    config: Optional[str] = None  # a user's DeepSpeed JSON; checked against this run config
+    build_sharded: bool = False  # ZeRO-3: build the backbone under zero.Init (never whole on one rank)
+    allgather_bucket_size: int = 500_000_000
+    reduce_bucket_size: int = 500_000_000
+    overlap_comm: bool = False
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0  # 0: only at the end
+    mode: str = "rank"  # rank (rank classification where a task has a label set) | generate
+    splits: list = field(default_factory=lambda: ["validation", "test"])
+    batch_size: int = 32
+    max_examples: Optional[int] = None  # per task and split
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # 0: only at the end
+    keep_last: int = 2
+    resume: Optional[str] = None  # None | auto | a checkpoint directory
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 10
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class DistributedConfig:
+    timeout_s: int = 600
+    check_task_sync: bool = False  # debug: verify with a collective that all ranks run the same tasks
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def model_fingerprint(self) -> str:
+        """Hash of everything a checkpoint's weights depend on (for resume compatibility)."""
+        d = self.to_dict()
+        keep = {"model": {k: v for k, v in d["model"].items() if k not in ("gradient_checkpointing", "dropout")},
+                "tasks": d["data"]["tasks"]}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _hint(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f"; known keys: {', '.join(known)}"
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if origin is Union:
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    if tp is list or origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in known:
+            raise ConfigError(f"unknown config key '{path}'{_hint(key, known)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, path)
+        else:
+            kwargs[key] = _coerce(value, tp, path)
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cls: Any = RunConfig
+    node = tree
+    for i, part in enumerate(parts):
+        known = [f.name for f in dataclasses.fields(cls)]
+        if part not in known:
+            prefix = ".".join(parts[:i])
+            raise ConfigError(f"unknown override key '{dotted}': '{part}' is not a key of "
+                              f"{prefix or 'the run config'}{_hint(part, known)}")
+        tp = get_type_hints(cls)[part]
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(tp):
+                raise ConfigError(f"override '{dotted}' names a section; set one of its keys, e.g. {dotted}.<key>=...")
+            node[part] = value
+        else:
+            if not dataclasses.is_dataclass(tp):
+                raise ConfigError(f"override '{dotted}': '{part}' is a value, not a section")
+            node = node.setdefault(part, {}) or node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{dotted}': '{part}' in the file is not a mapping")
+            cls = tp
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    parsed = []
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"bad override {item!r}: write key.sub=value, e.g. train.max_steps=100")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"bad override {item!r}: value is not valid YAML ({e})") from None
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None) -> RunConfig:
+    src = Path(path) if path is not None else DEFAULT_CONFIG
+    if not src.is_file():
+        shipped = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError(f"config file {src} not found (shipped configs in {CONFIG_DIR}: {shipped})")
+    try:
+        tree = yaml.safe_load(src.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{src} is not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{src} must hold a mapping of config sections")
+    for key, value in parse_overrides(list(overrides or [])):
+        _set_path(tree, key, value)
+    try:
+        cfg = _build(RunConfig, tree, "")
+    except ConfigError as e:
+        raise ConfigError(f"{src}: {e}") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    m, t, d = cfg.model, cfg.train, cfg.data
+    need(m.method in METHODS, f"model.method={m.method!r} is not a method; choose one of: {', '.join(METHODS)}")
+    need(m.reduction_factor >= 1, f"model.reduction_factor must be >= 1, got {m.reduction_factor}")
+    need(m.dropout is None or 0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+    need(len(d.tasks) > 0, "data.tasks is empty: list at least one task, e.g. data.tasks=[rte,mrpc]")
+    need(len(set(d.tasks)) == len(d.tasks), f"data.tasks has duplicates: {d.tasks}")
+    try:
+        from ..data.tasks import get_task
+
+        for name in d.tasks:
+            get_task(name)
+    except ImportError:
+        pass
+    except ValueError as e:
+        raise ConfigError(f"data.tasks: {e}") from None
+    need(d.max_source_length > 0 and d.max_target_length > 0, "data.max_*_length must be positive")
+    need(t.max_steps > 0, f"train.max_steps must be positive, got {t.max_steps}")
+    need(t.global_batch_size > 0 and t.micro_batch_size > 0, "train.global_batch_size and micro_batch_size must be > 0")
+    need(t.global_batch_size % t.micro_batch_size == 0,
+         f"train.global_batch_size ({t.global_batch_size}) must be a multiple of train.micro_batch_size "
+         f"({t.micro_batch_size}) x world size")
+    need(t.lr > 0, f"train.lr must be positive, got {t.lr}")
+    need(t.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+    need(t.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables clipping)")
+    need(t.precision in ("bf16", "fp32", "fp16"), f"train.precision must be bf16, fp32 or fp16, got {t.precision!r}")
+    need(t.precision != "fp16" or t.allow_fp16,
+         "train.precision=fp16 overflows with T5 activations; use bf16, or set train.allow_fp16=true to accept the risk")
+    need(t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}")
+    need(cfg.deepspeed.zero_stage in (0, 1, 2, 3), f"deepspeed.zero_stage must be 0-3, got {cfg.deepspeed.zero_stage}")
+    need(not cfg.deepspeed.offload or cfg.deepspeed.zero_stage == 3, "deepspeed.offload needs deepspeed.zero_stage=3")
+    need(cfg.sampler.mode in ("same-task", "mixed"), f"sampler.mode must be same-task or mixed, got {cfg.sampler.mode!r}")
+    need(cfg.sampler.temperature > 0, "sampler.temperature must be > 0")
+    need(cfg.eval.mode in ("rank", "generate"), f"eval.mode must be rank or generate, got {cfg.eval.mode!r}")
+    for s in cfg.eval.splits:
+        need(s in ("validation", "test"), f"eval.splits: {s!r} is not validation or test")
+    need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1")
+    need(cfg.eval.every_steps >= 0 and cfg.checkpoint.every_steps >= 0 and cfg.logging.every_steps >= 1,
+         "eval.every_steps / checkpoint.every_steps must be >= 0, logging.every_steps >= 1")
+    need(cfg.distributed.timeout_s > 0, "distributed.timeout_s must be > 0")

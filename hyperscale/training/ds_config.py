@@ -1,0 +1,86 @@
+"""DeepSpeed configuration: a shipped template (``ds_configs/``) filled from the run config.
+
+Everything the run config decides (batch sizes, accumulation, clipping, optimizer, scheduler,
+precision, ZeRO stage) is written by the trainer, so the two never disagree. A user's own JSON
+(``deepspeed.config``) is accepted; values it sets explicitly must agree with the run config.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, RunConfig
+
+DS_CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
+
+
+def template_path(cfg: RunConfig) -> Path:
+    stage = cfg.deepspeed.zero_stage
+    name = f"zero3_offload_{cfg.train.precision}.json" if cfg.deepspeed.offload else f"zero{stage}_{cfg.train.precision}.json"
+    return DS_CONFIG_DIR / name
+
+
+def _load_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"DeepSpeed config {path} not found; shipped templates are in {DS_CONFIG_DIR}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"DeepSpeed config {path} is not valid JSON: {e}") from None
+
+
+def _fill(node: dict, key: str, value: Any, where: str, src: str) -> None:
+    """Set ``node[key]``; a value the user wrote (not "auto") must equal the run config's."""
+    current = node.get(key, "auto")
+    if current == "auto":
+        node[key] = value
+    elif current != value and not (isinstance(value, float) and isinstance(current, (int, float))
+                                   and abs(float(current) - value) <= 1e-12 * max(1.0, abs(value))):
+        raise ConfigError(f"{src}: '{where}' is {current!r} but the run config implies {value!r}; "
+                          f"set it to \"auto\" (the trainer fills it) or change the run config")
+
+
+def build_ds_config(cfg: RunConfig, world_size: int) -> dict:
+    t = cfg.train
+    if t.global_batch_size % (t.micro_batch_size * world_size):
+        raise ConfigError(
+            f"train.global_batch_size={t.global_batch_size} is not divisible by micro_batch_size x world size "
+            f"= {t.micro_batch_size} x {world_size}; the global batch stays fixed across GPU counts, so pick a "
+            f"micro_batch_size that divides {t.global_batch_size // world_size if t.global_batch_size % world_size == 0 else 'it'}"
+        )
+    accum = t.global_batch_size // (t.micro_batch_size * world_size)
+    src_path = Path(cfg.deepspeed.config) if cfg.deepspeed.config else template_path(cfg)
+    src = str(src_path)
+    ds = copy.deepcopy(_load_json(src_path))
+    _fill(ds, "train_batch_size", t.global_batch_size, "train_batch_size", src)
+    _fill(ds, "train_micro_batch_size_per_gpu", t.micro_batch_size, "train_micro_batch_size_per_gpu", src)
+    _fill(ds, "gradient_accumulation_steps", accum, "gradient_accumulation_steps", src)
+    _fill(ds, "gradient_clipping", float(t.grad_clip), "gradient_clipping", src)
+    opt = ds.setdefault("optimizer", {"type": "AdamW", "params": {"torch_adam": True}})
+    if str(opt.get("type", "")).lower() not in ("adamw", "adam"):
+        raise ConfigError(f"{src}: optimizer.type {opt.get('type')!r} is not supported; hyperscale trains with AdamW")
+    p = opt.setdefault("params", {})
+    _fill(p, "lr", float(t.lr), "optimizer.params.lr", src)
+    _fill(p, "betas", [t.adam_beta1, t.adam_beta2], "optimizer.params.betas", src)
+    _fill(p, "eps", float(t.adam_eps), "optimizer.params.eps", src)
+    _fill(p, "weight_decay", float(t.weight_decay), "optimizer.params.weight_decay", src)
+    sched = ds.setdefault("scheduler", {"type": "WarmupDecayLR", "params": {"warmup_type": "linear"}})
+    sp = sched.setdefault("params", {})
+    _fill(sp, "warmup_max_lr", float(t.lr), "scheduler.params.warmup_max_lr", src)
+    _fill(sp, "warmup_num_steps", max(1, min(t.warmup_steps, t.max_steps)), "scheduler.params.warmup_num_steps", src)
+    _fill(sp, "total_num_steps", t.max_steps, "scheduler.params.total_num_steps", src)
+    zero = ds.setdefault("zero_optimization", {})
+    _fill(zero, "stage", cfg.deepspeed.zero_stage, "zero_optimization.stage", src)
+    if cfg.deepspeed.zero_stage == 2:
+        zero.setdefault("allgather_bucket_size", cfg.deepspeed.allgather_bucket_size)
+        zero.setdefault("reduce_bucket_size", cfg.deepspeed.reduce_bucket_size)
+        zero.setdefault("overlap_comm", cfg.deepspeed.overlap_comm)
+    bf16 = ds.get("bf16", {}).get("enabled", False)
+    fp16 = ds.get("fp16", {}).get("enabled", False)
+    implied = "bf16" if bf16 else "fp16" if fp16 else "fp32"
+    if implied != t.precision:
+        raise ConfigError(f"{src} enables {implied} but train.precision={t.precision}; make them agree")
+    ds["steps_per_print"] = ds.get("steps_per_print", 10**9)
+    return ds

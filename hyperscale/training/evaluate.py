@@ -1,0 +1,95 @@
+"""Evaluation: rank classification and greedy generation, sharded over ranks.
+
+Rank classification scores every label string of a task (total log-likelihood of its tokens
+given the source) and picks the best: no invalid outputs, one encoder pass and one decoder pass
+over ``batch x labels`` rows. Generation decodes greedily up to the task's longest target.
+Under ZeRO-3 every rank runs the same number of forwards (``synced_gpus``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..modeling.context import adapter_context
+from ..modeling.model import HyperscaleModel
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def rank_classify(model: HyperscaleModel, tokenizer: Any, task: str, sources: Sequence[str], labels: Sequence[str],
+                  device: torch.device, max_source_length: int) -> list[str]:
+    enc = tokenizer(list(sources), max_length=max_source_length, truncation=True, padding=True, return_tensors="pt")
+    input_ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    lab = tokenizer(list(labels), padding=True, return_tensors="pt")
+    lab_ids = lab["input_ids"].to(device)
+    lab_ids = lab_ids.masked_fill(lab["attention_mask"].to(device) == 0, -100)
+    b, k = input_ids.shape[0], lab_ids.shape[0]
+    backbone = model.backbone
+    use_ctx = model.bank is not None
+    ctx = model.build_context(task, b) if use_ctx else None
+
+    def run() -> torch.Tensor:
+        enc_out = backbone.get_encoder()(input_ids=input_ids, attention_mask=mask)
+        hidden = enc_out.last_hidden_state.repeat_interleave(k, dim=0)
+        labels_rep = lab_ids.repeat(b, 1)  # row i*k + j = label j for example i
+        out = backbone(encoder_outputs=(hidden,), attention_mask=mask.repeat_interleave(k, dim=0),
+                       decoder_input_ids=backbone._shift_right(labels_rep))
+        logp = F.log_softmax(out.logits.float(), dim=-1)
+        tok = logp.gather(-1, labels_rep.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (tok * (labels_rep != -100)).sum(-1).view(b, k)
+
+    if use_ctx:
+        # the context's example index (if any) refers to the un-repeated batch; one task here -> None
+        with adapter_context(ctx):
+            scores = run()
+    else:
+        scores = run()
+    best = scores.argmax(-1).tolist()
+    return [labels[i] for i in best]
+
+
+@torch.no_grad()
+def generate(model: HyperscaleModel, tokenizer: Any, task: str, sources: Sequence[str], device: torch.device,
+             max_source_length: int, max_new_tokens: int, synced_gpus: bool = False) -> list[str]:
+    enc = tokenizer(list(sources), max_length=max_source_length, truncation=True, padding=True, return_tensors="pt")
+    kwargs = {"task_ids": task} if model.bank is not None else {}
+    out = model.generate(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
+                         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, synced_gpus=synced_gpus,
+                         **kwargs)
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def predict_task(model: HyperscaleModel, tokenizer: Any, task: str, sources: Sequence[str], *, mode: str,
+                 label_strings: Optional[Sequence[str]], max_target_tokens: int, batch_size: int,
+                 device: torch.device, max_source_length: int, synced_gpus: bool = False) -> list[str]:
+    """Predictions for ``sources`` (all ranks return the full, ordered list)."""
+    rank, world = _dist()
+    n = len(sources)
+    if n == 0:
+        return []
+    per_rank = math.ceil(n / world)
+    # every rank handles per_rank indices (the tail padded with the last example) in the same number of
+    # batches, so collective forwards (ZeRO-3, synced_gpus) stay in step; padding is dropped after gathering
+    mine = [min(i, n - 1) for i in range(rank * per_rank, (rank + 1) * per_rank)]
+    preds: list[str] = []
+    for start in range(0, per_rank, batch_size):
+        texts = [sources[i] for i in mine[start:start + batch_size]]
+        if mode == "rank" and label_strings:
+            preds.extend(rank_classify(model, tokenizer, task, texts, label_strings, device, max_source_length))
+        else:
+            preds.extend(generate(model, tokenizer, task, texts, device, max_source_length, max_target_tokens,
+                                  synced_gpus))
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, preds)
+        preds = [p for part in gathered for p in part]
+    return preds[:n]

@@ -1,0 +1,54 @@
+"""Run logging on rank 0: TensorBoard scalars/text and a JSON-lines step log."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+
+class RunLogger:
+    """Writes ``RUN/tensorboard`` and ``RUN/train_log.jsonl``; a no-op on ranks other than 0.
+
+    On resume from step ``k`` the TensorBoard writer purges events after ``k`` and the JSON log
+    drops lines after ``k`` (the run will write them again), so curves never double up.
+    """
+
+    def __init__(self, output_dir: Path, rank: int, tensorboard: bool = True, resume_step: Optional[int] = None):
+        self.enabled = rank == 0
+        self.tb = None
+        self.jsonl: Optional[Path] = None
+        if not self.enabled:
+            return
+        self.jsonl = output_dir / "train_log.jsonl"
+        if resume_step is not None and self.jsonl.exists():
+            kept = [ln for ln in self.jsonl.read_text().splitlines() if ln.strip()
+                    and json.loads(ln).get("step", 0) <= resume_step]
+            self.jsonl.write_text("".join(ln + "\n" for ln in kept))
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            kwargs = {"purge_step": resume_step + 1} if resume_step is not None else {}
+            self.tb = SummaryWriter(str(output_dir / "tensorboard"), **kwargs)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.tb is not None:
+            for tag, v in values.items():
+                self.tb.add_scalar(tag, v, step)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        if self.tb is not None:
+            self.tb.add_text(tag, text, step)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        if self.jsonl is not None:
+            with self.jsonl.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def flush(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None

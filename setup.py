@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="hyperscale",
+    version="0.1.0",
+    description="Parameter-efficient multi-task fine-tuning of T5 with shared hypernetworks (HyperFormer++) on DeepSpeed",
+    packages=find_packages(include=["hyperscale", "hyperscale.*"]),
+    package_data={"hyperscale": ["configs/*.yaml", "ds_configs/*.json", "resources/**/*", "slurm_templates/*"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "deepspeed>=0.16",
+        "transformers>=4.46",
+        "datasets>=2.20",
+        "sentencepiece",
+        "tensorboard",
+        "pyyaml",
+        "safetensors",
+        "scikit-learn",
+        "scipy",
+        "tqdm",
+        "numpy",
+    ],
+    extras_require={"test": ["pytest"], "peft": ["peft"]},
+    entry_points={"console_scripts": ["hyperscale=hyperscale.cli:main"]},
+)

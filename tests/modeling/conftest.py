@@ -1,0 +1,7 @@
+"""Modeling tests: make a source checkout importable under plain `pytest`."""
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
