@@ -54,6 +54,24 @@ def _init_distributed(cfg: RunConfig) -> tuple[int, int, int]:
     return rank, local_rank, world
 
 
+def _exclude_frozen_aliases(engine: Any) -> None:
+    """DeepSpeed's ``exclude_frozen_parameters`` drops frozen parameters by their first name only, so
+    tied aliases of frozen weights (T5's ``encoder.embed_tokens``, ``decoder.embed_tokens``,
+    ``lm_head``) still land in every checkpoint: for t5-base that is 3 x 95 MB of backbone. Drop them
+    too, by every name a frozen parameter has."""
+    original = engine.module_state_dict
+
+    def module_state_dict(*args: Any, exclude_frozen_parameters: bool = False, **kwargs: Any) -> dict:
+        sd = original(*args, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
+        if exclude_frozen_parameters:
+            for name, p in engine.module.named_parameters(remove_duplicate=False):
+                if not p.requires_grad:
+                    sd.pop(name, None)
+        return sd
+
+    engine.module_state_dict = module_state_dict
+
+
 class Recipe:
     def __init__(self, cfg: RunConfig, resume: Optional[str] = None):
         self.cfg = cfg
@@ -181,6 +199,7 @@ class Recipe:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.engine, _, _, _ = deepspeed.initialize(model=self.model, model_parameters=params, config=self.ds_config)
         self.accum = self.ds_config["gradient_accumulation_steps"]
+        _exclude_frozen_aliases(self.engine)
         self.state.config_fingerprint = cfg.model_fingerprint()
         self.state.backbone_hash = self.model.config.backbone_hash
 

@@ -5,8 +5,8 @@ only by the functions that need them.
 """
 
 from .errors import DataError
-from .loading import (HUB, SPLITS, TaskSplits, load_multitask_splits, load_task_splits,
-                      protocol_fingerprint, resolve_local_files)
+from .loading import (HUB, SPLITS, TaskSplits, columns_as_lists, load_multitask_splits,
+                      load_task_splits, protocol_fingerprint, resolve_local_files)
 from .metrics import (accuracy, average_metrics, compute_task_metrics, count_invalid, f1,
                       matthews_corr, parse_prediction, pearson, spearman)
 from .sample import SAMPLE_TASKS, build_sample, sample_data_dir
@@ -18,7 +18,7 @@ from .tokenization import (DEFAULT_SPIECE_MODEL, Seq2SeqCollator, default_tokeni
 
 __all__ = [
     "DataError", "HUB", "SPLITS", "TaskSplits", "load_multitask_splits", "load_task_splits",
-    "protocol_fingerprint", "resolve_local_files", "accuracy", "average_metrics",
+    "protocol_fingerprint", "resolve_local_files", "columns_as_lists", "accuracy", "average_metrics",
     "compute_task_metrics", "count_invalid", "f1", "matthews_corr", "parse_prediction",
     "pearson", "spearman", "SAMPLE_TASKS", "build_sample", "sample_data_dir", "MIXED",
     "SAME_TASK", "MultiTaskSampler", "temperature_probabilities", "LARGE", "OFFICIAL", "SMALL",

@@ -39,8 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -355,17 +353,38 @@ def load_multitask_splits(tasks: Sequence, data_dir=None, **kwargs) -> dict:
         raise DataError(f"duplicate task in {list(tasks)!r}")
     if not names:
         raise DataError("no tasks given")
+    if not (isinstance(data_dir, str) and data_dir == HUB):
+        from .sample import sample_data_dir
+
+        for name in names:  # every file of every task exists before anything is parsed
+            resolve_local_files(name, data_dir if data_dir is not None else sample_data_dir())
     return {name: load_task_splits(name, data_dir, **kwargs) for name in names}
 
 
 # ----------------------------------------------------------------------------- fingerprint
 
+def columns_as_lists(ds, names) -> dict:
+    """``{name: python list}`` for some columns of a dataset (fast path; a bare
+    ``ds[name]`` is a lazy column that is slow to iterate)."""
+    return ds.select_columns(list(names))[:]
+
+
 def _ids_digest(ids) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()
 
 
+def _content_digest(ds) -> str:
+    names = [c for c in ("id", "source", "target") if c in ds.column_names]
+    data = columns_as_lists(ds, names)
+    rows = sorted(zip(*(data[c] for c in names)))
+    text = "\x1e".join("\x1f".join(row) for row in rows)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def protocol_fingerprint(splits: Mapping) -> dict:
-    """Record of a split: sizes, seed and settings, sha256 of the sorted ids.
+    """Record of a split: sizes, seed and settings, sha256 of the sorted ids
+    (``ids_sha256``) and of the sorted ``(id, source, target)`` rows
+    (``content_sha256``: also changes when the text or targets change).
 
     ``splits`` is one task's :class:`TaskSplits` (or any mapping split ->
     dataset with an ``id`` column), or a mapping task -> splits (the result
@@ -379,7 +398,9 @@ def protocol_fingerprint(splits: Mapping) -> dict:
         record = dict(getattr(splits, "protocol", {}))
         record.pop("source", None)  # the same data read from another path is the same protocol
         record["sizes"] = {name: len(ds) for name, ds in splits.items()}
-        record["ids_sha256"] = {name: _ids_digest(ds["id"]) for name, ds in splits.items()}
+        record["ids_sha256"] = {name: _ids_digest(columns_as_lists(ds, ["id"])["id"])
+                                for name, ds in splits.items()}
+        record["content_sha256"] = {name: _content_digest(ds) for name, ds in splits.items()}
     record["sha256"] = hashlib.sha256(
         json.dumps(record, sort_keys=True, default=str).encode("utf-8")).hexdigest()
     return record
@@ -387,6 +408,6 @@ def protocol_fingerprint(splits: Mapping) -> dict:
 
 __all__ = [
     "TaskSplits", "SPLITS", "HUB", "load_task_splits", "load_multitask_splits",
-    "protocol_fingerprint", "resolve_local_files", "read_tsv", "read_jsonl", "read_local_split",
+    "protocol_fingerprint", "resolve_local_files", "columns_as_lists", "read_tsv", "read_jsonl", "read_local_split",
     "split_indices",
 ]

@@ -7,9 +7,10 @@
 * :func:`tokenize_splits` adds ``input_ids`` and ``labels`` (both ending in
   ``</s>``, truncated to the max lengths) through ``datasets.Dataset.map``
   with an explicit cache file ``<cache_dir>/<task>-<split>-<key>.arrow``. The
-  key hashes the tokenizer (sha256 of its ``spiece.model`` bytes, class and
-  size), both max lengths and the split's content (ids, sources, targets), so
-  a second run with the same inputs loads the file and does no work.
+  key hashes the tokenizer (:func:`tokenizer_fingerprint`: its vocabulary and
+  pipeline, i.e. what ``spiece.model`` defines, plus the extra ids), both max
+  lengths and the split's content (ids, sources, targets), so a second run
+  with the same inputs loads the file and does no work.
 * :class:`Seq2SeqCollator` pads dynamically to the longest sequence of the batch.
 """
 
@@ -47,23 +48,31 @@ def _fingerprint_parts(tokenizer, base: str) -> str:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """Stable hash of a tokenizer: its ``spiece.model`` bytes when known
-    (:func:`load_tokenizer` records it), else its serialized backend."""
-    known = getattr(tokenizer, "hyperscale_fingerprint", None)
-    if known:
-        return known
-    vocab_file = getattr(tokenizer, "vocab_file", None)
-    if vocab_file and os.path.isfile(vocab_file):
-        base = _sha256_file(vocab_file)
-    else:
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            raise DataError(f"cannot fingerprint tokenizer of type {type(tokenizer).__name__}")
+    """Stable hash of a tokenizer: its whole vocabulary and pipeline (the
+    serialized ``tokenizers`` backend minus runtime truncation/padding
+    settings), class, size and special ids. A tokenizer built from
+    ``spiece.model`` and its ``save_pretrained`` copy hash the same; the value
+    is memoized on the tokenizer (recomputed if its size changes)."""
+    known = getattr(tokenizer, "_hyperscale_fingerprint", None)
+    if known and known[0] == len(tokenizer):
+        return known[1]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
         state = json.loads(backend.to_str())
         state.pop("truncation", None)  # runtime settings, not the vocabulary
         state.pop("padding", None)
         base = hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()
-    return _fingerprint_parts(tokenizer, base)
+    else:
+        vocab_file = getattr(tokenizer, "vocab_file", None)
+        if not (vocab_file and os.path.isfile(vocab_file)):
+            raise DataError(f"cannot fingerprint tokenizer of type {type(tokenizer).__name__}")
+        base = _sha256_file(vocab_file)
+    value = _fingerprint_parts(tokenizer, base)
+    try:
+        tokenizer._hyperscale_fingerprint = (len(tokenizer), value)
+    except AttributeError:
+        pass
+    return value
 
 
 def load_tokenizer(path_or_name=None, extra_ids: int = 100):
@@ -79,15 +88,11 @@ def load_tokenizer(path_or_name=None, extra_ids: int = 100):
     if path_or_name is None:
         path_or_name = DEFAULT_SPIECE_MODEL
     path = Path(path_or_name).expanduser()
-    spiece = None
     if path.is_file():
-        spiece = path
         tokenizer = T5Tokenizer.from_pretrained(str(path.parent), vocab_file=str(path),
                                                 extra_ids=extra_ids, local_files_only=True)
     elif path.is_dir():
-        if (path / "spiece.model").is_file():
-            spiece = path / "spiece.model"
-        elif not (path / "tokenizer.json").is_file():
+        if not ((path / "spiece.model").is_file() or (path / "tokenizer.json").is_file()):
             raise DataError(f"tokenizer directory {str(path)!r} has neither spiece.model nor "
                             "tokenizer.json")
         tokenizer = T5Tokenizer.from_pretrained(str(path), extra_ids=extra_ids,
@@ -98,10 +103,7 @@ def load_tokenizer(path_or_name=None, extra_ids: int = 100):
                         ".model file, a directory with spiece.model, or a hub name)")
     else:
         tokenizer = T5Tokenizer.from_pretrained(str(path_or_name), extra_ids=extra_ids)
-    if spiece is not None:
-        tokenizer.hyperscale_fingerprint = _fingerprint_parts(tokenizer, _sha256_file(spiece))
-    else:
-        tokenizer.hyperscale_fingerprint = tokenizer_fingerprint(tokenizer)
+    tokenizer_fingerprint(tokenizer)  # computed once, memoized on the tokenizer
     return tokenizer
 
 
@@ -128,15 +130,17 @@ def _encode_batch(batch: Mapping, tokenizer, max_source_length: int,
 
 
 def _content_digest(dataset) -> str:
-    digest = hashlib.sha256()
-    for column in ("id", "source", "target"):
+    from .loading import columns_as_lists
+
+    names = ("id", "source", "target")
+    for column in names:
         if column not in dataset.column_names:
             raise DataError(f"dataset lacks column {column!r} (columns: {dataset.column_names})")
-        digest.update(column.encode())
-        for value in dataset[column]:
-            digest.update(value.encode("utf-8"))
-            digest.update(b"\x1f")
-    digest.update(str(len(dataset)).encode())
+    data = columns_as_lists(dataset, names)
+    digest = hashlib.sha256(str(len(dataset)).encode())
+    for column in names:
+        digest.update(b"\x1d" + column.encode() + b"\x1d")
+        digest.update("\x1f".join(data[column]).encode("utf-8"))
     return digest.hexdigest()
 
 
@@ -159,7 +163,8 @@ def tokenize_splits(splits: Mapping, tokenizer=None, max_source_length: int = 12
 
     ``splits`` is a mapping split -> ``datasets.Dataset`` (e.g. the result of
     :func:`~hyperscale.data.loading.load_task_splits`), or task -> such a
-    mapping. Each result is a ``TaskSplits`` (keeping the input's ``protocol``); its ``cache_hits`` attribute tells, per split, whether the
+    mapping. Each result is a ``TaskSplits`` (keeping the input's
+    ``protocol``); its ``cache_hits`` attribute tells, per split, whether the
     tokenized file was loaded from ``cache_dir`` instead of computed.
     """
     if _is_nested(splits):

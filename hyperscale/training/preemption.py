@@ -198,9 +198,11 @@ class PreemptionHandler:
         Waits at a barrier first (when ``torch.distributed`` is initialised) so no rank is
         still writing when SLURM starts tearing the job down; then rank 0 runs
         ``scontrol requeue $SLURM_JOB_ID``.  SLURM then ends the current run (SIGTERM to
-        the ranks, caught by this handler, so the exit stays clean) and starts the job again
-        with the same id; ``slurm/train.sbatch`` passes ``--resume auto``.  Outside SLURM it
-        only logs how to resume.  Returns True on the rank that requeued successfully.
+        the ranks, SIGKILL after ``KillWait``) and starts the job again with the same id;
+        ``slurm/train.sbatch`` passes ``--resume auto``.  Under SLURM the handled signals are
+        ignored from here on, so that SIGTERM cannot kill the exiting interpreter: call
+        ``sys.exit(0)`` right after.  Outside SLURM it only logs how to resume.  Returns True
+        on the rank that requeued successfully.
         """
         dist = _initialized_dist()
         if dist is not None and dist.get_world_size() > 1:
@@ -208,9 +210,15 @@ class PreemptionHandler:
                 dist.barrier()
             except Exception as e:  # a dead peer must not stop rank 0 from requeueing
                 logger.warning("preemption: barrier before requeue failed: %s", e)
+        job_id = self._env_map().get("SLURM_JOB_ID") or self._env_map().get("SLURM_JOBID")
+        if job_id:
+            # SLURM answers the requeue with SIGTERM to every rank (SIGKILL after KillWait).
+            # We are leaving anyway: ignore it, so that it cannot kill the interpreter while
+            # it shuts down (Python restores default handlers then) and turn a clean exit
+            # into "killed by signal 15".
+            self._ignore_signals()
         if self._rank() != 0:
             return False
-        job_id = self._env_map().get("SLURM_JOB_ID") or self._env_map().get("SLURM_JOBID")
         if not job_id:
             logger.warning("preemption: checkpoint saved; not running under SLURM, so not "
                            "requeueing. Rerun the same command with --resume auto to continue.")
@@ -227,6 +235,13 @@ class PreemptionHandler:
         logger.error("preemption: `%s` failed (exit %d): %s. The checkpoint is saved; "
                      "resubmit with --resume auto.", " ".join(cmd), rc, out.strip())
         return False
+
+    def _ignore_signals(self) -> None:
+        try:
+            for sig in self.signals:
+                signal.signal(sig, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            pass
 
     def __repr__(self) -> str:
         return (f"PreemptionHandler(signals={[s.name for s in self.signals]}, "

@@ -7,6 +7,7 @@ import pytest
 
 from hyperscale.data import (DataError, load_multitask_splits, load_task_splits,
                              protocol_fingerprint, sample_data_dir)
+from hyperscale.data.loading import columns_as_lists
 from hyperscale.data.sample import SAMPLE_ROWS, SAMPLE_TASKS, build_sample
 
 SAMPLE_SIZES = {
@@ -29,7 +30,7 @@ def sizes(splits):
 
 
 def ids(ds):
-    return set(ds["id"])
+    return set(columns_as_lists(ds, ["id"])["id"])
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_small_task_halves_the_dev_set(full):
 
 def test_large_task_holds_out_1000_training_rows(full):
     sst2 = full["sst2"]
-    assert all(i.startswith("sst2/train/") for i in sst2["validation"]["id"])
+    assert all(i.startswith("sst2/train/") for i in ids(sst2["validation"]))
     assert ids(sst2["train"]) | ids(sst2["validation"]) == {f"sst2/train/{i}" for i in range(67349)}
     assert ids(sst2["test"]) == {f"sst2/validation/{i}" for i in range(872)}
 
@@ -120,7 +121,10 @@ def test_stsb_grid_and_prefix_settings(sample_dir):
     assert any(round(float(t) * 10) % 2 for t in fine["train"]["target"])
     assert all(s.startswith("stsb sentence1: ") for s in fine["train"]["source"])
     assert isinstance(coarse["train"][0]["label"], float)
-    assert protocol_fingerprint(fine)["stsb_grid"] == 0.1
+    fp_coarse, fp_fine = protocol_fingerprint(coarse), protocol_fingerprint(fine)
+    assert fp_fine["stsb_grid"] == 0.1 and fp_coarse["stsb_grid"] == 0.2
+    assert fp_fine["ids_sha256"] == fp_coarse["ids_sha256"]  # same examples ...
+    assert fp_fine["content_sha256"] != fp_coarse["content_sha256"]  # ... other text
 
 
 def test_multitask_loading():
@@ -128,6 +132,13 @@ def test_multitask_loading():
     assert list(splits) == ["rte", "cb"] and len(splits["cb"]["train"]) == 10
     with pytest.raises(DataError, match="Known tasks"):
         load_multitask_splits(["rte", "nope"])
+    with pytest.raises(DataError, match="duplicate"):
+        load_multitask_splits(["rte", "RTE"])
+
+
+def test_multitask_checks_every_file_first(shared_data):
+    with pytest.raises(DataError, match=r"BoolQ/train\.jsonl"):
+        load_multitask_splits(["sst2", "rte", "boolq"], shared_data)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -32,6 +32,9 @@ def test_load_tokenizer_from_file_or_dir(tmp_path, tokenizer):
     assert tokenizer_fingerprint(from_file) == tokenizer_fingerprint(tokenizer)
     from_dir = load_tokenizer(DEFAULT_SPIECE_MODEL.parent)
     assert from_dir("a test")["input_ids"] == tokenizer("a test")["input_ids"]
+    assert len(load_tokenizer(DEFAULT_SPIECE_MODEL, extra_ids=0)) == 32000
+    assert tokenizer_fingerprint(load_tokenizer(DEFAULT_SPIECE_MODEL, extra_ids=0)) != \
+        tokenizer_fingerprint(tokenizer)
     with pytest.raises(DataError, match="does not exist"):
         load_tokenizer(tmp_path / "missing.model")
     with pytest.raises(DataError, match="spiece.model"):
@@ -71,6 +74,17 @@ def test_tokenization_cache_hit_on_second_call(tmp_path, tokenizer, monkeypatch)
     tokenize_splits(load_task_splits("rte", n_train=41, n_val=10, n_test=10), tokenizer,
                     cache_dir=tmp_path)
     assert sum(calls) == 41  # validation/test unchanged: cached
+
+
+def test_saved_tokenizer_reuses_the_cache(tmp_path, tokenizer):
+    tokenizer.save_pretrained(str(tmp_path / "tok"))
+    reloaded = load_tokenizer(tmp_path / "tok")
+    assert len(reloaded) == 32100
+    assert tokenizer_fingerprint(reloaded) == tokenizer_fingerprint(tokenizer)
+    splits = load_task_splits("cb", n_train=5, n_val=3, n_test=3)
+    tokenize_splits(splits, tokenizer, cache_dir=tmp_path / "cache")
+    again = tokenize_splits(splits, reloaded, cache_dir=tmp_path / "cache")
+    assert all(again.cache_hits.values())
 
 
 def test_tokenized_columns_and_truncation(tmp_path, tokenizer):

@@ -18,7 +18,7 @@ def tiny_config(version: str = "v1.0", **kw) -> T5Config:
     """A tiny T5 (v1.0: relu, tied head; v1.1: gated-gelu, untied head; mt5: MT5Config)."""
     base = dict(vocab_size=VOCAB, d_model=D_MODEL, d_ff=48, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=2,
                 dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-                relative_attention_num_buckets=8)
+                relative_attention_num_buckets=8, initializer_factor=3.0)  # varied, input-dependent generations
     if version == "v1.0":
         base.update(feed_forward_proj="relu", tie_word_embeddings=True)
     elif version in ("v1.1", "mt5"):
