@@ -5,7 +5,18 @@ setup(
     version="0.1.0",
     description="Parameter-efficient multi-task fine-tuning of T5 with shared hypernetworks (HyperFormer++) on DeepSpeed",
     packages=find_packages(include=["hyperscale", "hyperscale.*"]),
-    package_data={"hyperscale": ["configs/*.yaml", "ds_configs/*.json", "resources/**/*", "slurm_templates/*"]},
+    package_data={
+        "hyperscale": [
+            "configs/*.yaml",
+            "ds_configs/*.json",
+            "resources/t5/spiece.model",
+            "resources/t5/README.md",
+            "resources/glue_sample/SOURCES.md",
+            "resources/glue_sample/glue/*/*.tsv",
+            "resources/glue_sample/superglue/*/*.jsonl",
+            "slurm_templates/*",
+        ]
+    },
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=[

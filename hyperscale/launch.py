@@ -106,13 +106,10 @@ def port_from_job_id(job_id: str | int, base: int = PORT_BASE, span: int = PORT_
     multiple of ``span`` (10000 by default) *and* they share the first node.  Array jobs have
     one ``SLURM_JOB_ID`` per array task, so they differ too.
     """
-    try:
-        jid = int(str(job_id).strip())
-    except ValueError as e:
-        raise ValueError(f"SLURM job id {job_id!r} is not an integer") from e
-    if jid < 0:
-        raise ValueError(f"SLURM job id {job_id!r} is negative")
-    return base + jid % span
+    text = str(job_id).strip()
+    if not re.fullmatch(r"[0-9]+", text):
+        raise ValueError(f"SLURM job id {job_id!r} is not a non-negative integer")
+    return base + int(text) % span
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:
@@ -186,7 +183,7 @@ def _is_srun_task(env: Mapping[str, str]) -> bool:
         return False
     step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID", ""))
     # Special steps (batch, extern, interactive) have ids near 2**32 or a name.
-    return step.isdigit() and int(step) < 0xFFFFFFF0
+    return bool(re.fullmatch(r"[0-9]+", step)) and int(step) < 0xFFFFFFF0
 
 
 def _check(rank: int, local_rank: int, world_size: int, source: str) -> None:

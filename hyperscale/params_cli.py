@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 DESCRIPTION = "Print the parameter report (trainable by group, total, % per task) without allocating weights."
@@ -33,15 +34,19 @@ def parse_tasks(spec: str) -> list[str]:
 
 
 def backbone_config(spec: str):
-    """A ``T5Config``-family config for a preset name, ``preset:NAME`` or a local model directory."""
-    from .modeling.presets import PRESETS, preset_config
+    """(config, tied LM head?) for a preset name, ``preset:NAME`` or a local model directory."""
+    from .modeling.presets import PRESETS, preset_config, preset_ties_head
 
     if spec.startswith("preset:") or spec in PRESETS:
-        return preset_config(spec)
+        return preset_config(spec), preset_ties_head(spec)
     if os.path.isdir(spec):
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(spec)
+        cfg = AutoConfig.from_pretrained(spec)
+        # transformers 5 forces tie_word_embeddings=True on T5/mT5 configs; the file says what the
+        # checkpoint holds (false for v1.1, flan-t5 and mT5)
+        raw = json.loads((Path(spec) / "config.json").read_text())
+        return cfg, raw.get("tie_word_embeddings", True) is not False
     raise ValueError(f"--backbone {spec!r} is neither a preset nor a local model directory; "
                      f"presets: {', '.join(sorted(PRESETS))}")
 
@@ -52,8 +57,9 @@ def build_report(backbone: str, method: str, tasks: list[str], reduction_factor:
     from transformers import AutoModelForSeq2SeqLM, MT5ForConditionalGeneration, T5ForConditionalGeneration
 
     from .modeling.model import HyperscaleConfig, HyperscaleModel
+    from .modeling.presets import untie_lm_head
 
-    cfg = backbone_config(backbone)
+    cfg, tied = backbone_config(backbone)
     config = HyperscaleConfig(method=method, tasks=list(tasks), reduction_factor=reduction_factor,
                               backbone_id=backbone)
     with torch.device("meta"):
@@ -63,6 +69,8 @@ def build_report(backbone: str, method: str, tasks: list[str], reduction_factor:
             model = T5ForConditionalGeneration(cfg)
         else:
             model = AutoModelForSeq2SeqLM.from_config(cfg)
+        if not tied and hasattr(model, "lm_head") and hasattr(model, "shared"):
+            untie_lm_head(model)
         wrapped = HyperscaleModel(model, config, compute_hash=False)
     return wrapped.parameter_report()
 

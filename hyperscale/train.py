@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .training import checkpoint as ckpt
-from .training.config import ConfigError, RunConfig, load_config
+from .training.config import ConfigError, RunConfig, load_config, resume_differences
 from .training.ds_config import build_ds_config
 from .training.logging import RunLogger
 from .training.state import TrainState, seed_everything
@@ -86,9 +86,11 @@ class Recipe:
         cfg = self.cfg
         self.rank, self.local_rank, self.world = _init_distributed(cfg)
         self._check_output_dir()
+        self._check_resumable()
         self.device = self._device()
         seed_everything(cfg.train.seed + self.rank)
         self._setup_data()
+        self.ds_config = build_ds_config(cfg, self.world)
         self._setup_model()
         self._setup_engine()
         resume_from = ckpt.resolve_checkpoint(self.resume, self.output_dir) if self.resume else None
@@ -113,6 +115,26 @@ class Recipe:
                 f"output_dir {self.output_dir} already holds a run; continue it with --resume auto, or choose "
                 "another output_dir (nothing is overwritten)")
 
+    def _check_resumable(self) -> None:
+        """Refuse an incompatible resume before data, model and engine are built (and before DeepSpeed
+        fails on mismatched shapes): the checkpoint's model/tasks fingerprint must match this config's."""
+        ckpt_dir = ckpt.resolve_checkpoint(self.resume, self.output_dir) if self.resume else None
+        saved = ckpt.read_trainer_state(ckpt_dir) if ckpt_dir is not None else None
+        if saved is not None:
+            self._check_fingerprint(ckpt_dir, saved.config_fingerprint)
+
+    def _check_fingerprint(self, ckpt_dir: Path, saved_fingerprint: str) -> None:
+        fp = self.cfg.model_fingerprint()
+        if not saved_fingerprint or saved_fingerprint == fp:
+            return
+        saved_cfg = ckpt_dir / "run_config.yaml"
+        diffs = resume_differences(saved_cfg, self.cfg) if saved_cfg.is_file() else []
+        what = "; ".join(diffs) if diffs else f"fingerprint {saved_fingerprint} != {fp}"
+        raise ConfigError(
+            f"cannot resume from {ckpt_dir}: its model/tasks configuration differs from this run's ({what}). "
+            f"Tasks, method and sizes must match (compare with {saved_cfg}); start a new output_dir for a "
+            "different configuration")
+
     def _device(self) -> torch.device:
         want = self.cfg.train.device
         if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
@@ -123,7 +145,7 @@ class Recipe:
         return torch.device("cpu")
 
     def _setup_data(self) -> None:
-        from .data.loading import load_multitask_splits, protocol_fingerprint
+        from .data.loading import columns_as_lists, load_multitask_splits, protocol_fingerprint
         from .data.sampler import MultiTaskSampler
         from .data.tokenization import Seq2SeqCollator, default_tokenizer, load_tokenizer, tokenize_splits
 
@@ -143,8 +165,10 @@ class Recipe:
         self.tasks = list(d.tasks)
         self.task_to_id = {t: i for i, t in enumerate(self.tasks)}
         self.collate = Seq2SeqCollator(pad_token_id=self.tokenizer.pad_token_id, task_to_id=self.task_to_id)
-        sizes = {t: len(self.data[t]["train"]) for t in self.tasks}
-        lengths = ({t: [len(x) for x in self.data[t]["train"]["input_ids"]] for t in self.tasks}
+        # the training columns as Python lists: row access through `datasets` costs ~100x more per example
+        self.train_columns = {t: columns_as_lists(self.data[t]["train"], ["input_ids", "labels"]) for t in self.tasks}
+        sizes = {t: len(self.train_columns[t]["input_ids"]) for t in self.tasks}
+        lengths = ({t: [len(x) for x in self.train_columns[t]["input_ids"]] for t in self.tasks}
                    if cfg.sampler.group_by_length else None)
         self.sampler = MultiTaskSampler(sizes, cfg.train.global_batch_size, seed=cfg.train.seed,
                                         temperature=cfg.sampler.temperature, mode=cfg.sampler.mode,
@@ -172,11 +196,20 @@ class Recipe:
 
         m = self.cfg.model
         backbone = self._resolve_backbone()
+        if self.cfg.deepspeed.build_sharded:
+            # HF's from_pretrained sees this config and loads the backbone straight into ZeRO-3 shards,
+            # so an 11B model never materialises whole on one rank (the hook keeps a reference to it)
+            from transformers.integrations import HfDeepSpeedConfig
+
+            hf_ds_config = HfDeepSpeedConfig(self.ds_config)  # noqa: F841 (must stay alive while loading)
         self.model = HyperscaleModel.from_backbone(
             backbone, self.tasks, method=m.method, reduction_factor=m.reduction_factor,
             task_embedding_dim=m.task_embedding_dim, layer_embedding_dim=m.layer_embedding_dim,
             position_embedding_dim=m.position_embedding_dim, projector_hidden_dim=m.projector_hidden_dim,
             conditioning_dim=m.conditioning_dim, train_layer_norms=m.train_layer_norms)
+        if self.cfg.deepspeed.build_sharded:
+            # drop HF's global ZeRO-3 switch: later loads (the export on rank 0) must build whole models
+            del hf_ds_config
         if m.dropout is not None:
             self.model.backbone.config.dropout_rate = m.dropout
             for mod in self.model.backbone.modules():
@@ -194,14 +227,31 @@ class Recipe:
         cfg = self.cfg
         if cfg.train.precision == "fp16":
             warnings.warn("fp16 with T5 overflows easily (inf activations); bf16 is the supported precision")
-        self.ds_config = build_ds_config(cfg, self.world)
-        self.model.to(self.device)
+        if not cfg.deepspeed.build_sharded:
+            self.model.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.engine, _, _, _ = deepspeed.initialize(model=self.model, model_parameters=params, config=self.ds_config)
         self.accum = self.ds_config["gradient_accumulation_steps"]
         _exclude_frozen_aliases(self.engine)
+        if cfg.deepspeed.zero_stage == 3 and self.model.bank is not None:
+            self._persist_bank()
         self.state.config_fingerprint = cfg.model_fingerprint()
         self.state.backbone_hash = self.model.config.backbone_hash
+
+    def _persist_bank(self) -> None:
+        """ZeRO-3 shards the frozen backbone; the hypernetwork and task embeddings run at every layer, so
+        keep them whole on every rank (DeepSpeed re-gathers persistent parameters after each step)."""
+        opt = self.engine.optimizer
+        persistent = getattr(opt, "persistent_parameters", None)
+        if persistent is None:
+            return
+        known = {id(p) for p in persistent}
+        for p in self.model.bank.parameters():
+            if hasattr(p, "ds_persist") and id(p) not in known:
+                p.ds_persist = True
+                persistent.append(p)
+        if persistent:
+            persistent[0].all_gather(persistent)
 
     def _setup_preemption(self) -> None:
         try:
@@ -221,6 +271,10 @@ class Recipe:
         if self.state.step >= t.max_steps:
             log0(f"already at step {self.state.step} >= train.max_steps={t.max_steps}; nothing to train")
         bar = self._progress_bar()
+        # DeepSpeed records the global gradient norm only through its own optimizer wrappers (ZeRO, bf16,
+        # fp16); with a bare fp32 optimizer (ZeRO-0, fp32) the trainer measures it itself
+        e = self.engine
+        own_grad_norm = not (e.zero_optimization() or e.bfloat16_enabled() or e.fp16_enabled())
         window = {"loss_sum": torch.zeros(len(self.tasks)), "count": torch.zeros(len(self.tasks)), "tokens": 0.0,
                   "time": 0.0, "steps": 0}
         while self.state.step < t.max_steps:
@@ -237,6 +291,8 @@ class Recipe:
                 batch = self._collate(examples[i:i + mb])
                 loss, per_example = self._loss(batch)
                 self.engine.backward(loss)
+                if own_grad_norm and self.engine.is_gradient_accumulation_boundary():
+                    self._grad_norm = self._trainable_grad_norm()
                 self.engine.step()
                 stats[0].index_add_(0, batch["task_ids"], per_example.detach().float().cpu())
                 stats[1].index_add_(0, batch["task_ids"], torch.ones(len(per_example)))
@@ -287,8 +343,8 @@ class Recipe:
     def _collate(self, examples: list) -> dict:
         feats = []
         for task, idx in examples:
-            row = self.data[task]["train"][int(idx)]
-            feats.append({"input_ids": row["input_ids"], "labels": row["labels"], "task": task})
+            cols = self.train_columns[task]
+            feats.append({"input_ids": cols["input_ids"][int(idx)], "labels": cols["labels"][int(idx)], "task": task})
         batch = self.collate(feats)
         return {k: v.to(self.device) if k != "task_ids" else v for k, v in batch.items()}
 
@@ -305,6 +361,13 @@ class Recipe:
         n_tok = (labels != -100).sum(1).clamp(min=1)
         per_example = tok.sum(1) / n_tok
         return per_example.mean(), per_example
+
+    @torch.no_grad()
+    def _trainable_grad_norm(self) -> float:
+        """L2 norm of the (already all-reduced) gradients before clipping, as DeepSpeed's clipping sees them."""
+        norms = [p.grad.detach().float().norm() for p in self.engine.module.parameters()
+                 if p.requires_grad and p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
     def _check_task_sync(self) -> None:
         # every rank derives the same global batch from (seed, step); compare its digest across ranks
@@ -328,6 +391,8 @@ class Recipe:
                    "train/tokens_per_s": w["tokens"] / max(w["time"], 1e-9),
                    "train/skipped_steps": float(getattr(self.engine, "skipped_steps", 0))}
         gn = self.engine.get_global_grad_norm()
+        if gn is None:
+            gn = getattr(self, "_grad_norm", None)
         if gn is not None:
             scalars["train/grad_norm"] = float(gn)
         for i, task in enumerate(self.tasks):
@@ -403,20 +468,21 @@ class Recipe:
         return tag
 
     def load(self, ckpt_dir: Path) -> None:
+        saved = ckpt.read_trainer_state(ckpt_dir)
+        if saved is not None:  # check before DeepSpeed loads (it fails on mismatched shapes, unclearly)
+            self._check_fingerprint(ckpt_dir, saved.config_fingerprint)
+            self._check_backbone(ckpt_dir, saved.backbone_hash)
         state = ckpt.load(self.engine, ckpt_dir)
-        fp = self.cfg.model_fingerprint()
-        if state.config_fingerprint and state.config_fingerprint != fp:
-            saved = (ckpt_dir / "run_config.yaml")
-            raise ConfigError(
-                f"cannot resume from {ckpt_dir}: its model/tasks configuration differs from this run's "
-                f"(fingerprint {state.config_fingerprint} != {fp}); compare with {saved}. Tasks, method and sizes "
-                "must match; start a new output_dir for a different configuration")
-        if state.backbone_hash and self.model.config.backbone_hash and state.backbone_hash != self.model.config.backbone_hash:
-            raise ConfigError(f"cannot resume from {ckpt_dir}: the backbone's weights differ from the ones it was "
-                              "trained on (hash mismatch); load the original backbone")
+        self._check_fingerprint(ckpt_dir, state.config_fingerprint)
+        self._check_backbone(ckpt_dir, state.backbone_hash)
         self.state = state
         self.sampler.load_state_dict(state.sampler)
         log0(f"resumed from {ckpt_dir} at step {state.step}")
+
+    def _check_backbone(self, ckpt_dir: Path, saved_hash: Optional[str]) -> None:
+        if saved_hash and self.model.config.backbone_hash and saved_hash != self.model.config.backbone_hash:
+            raise ConfigError(f"cannot resume from {ckpt_dir}: the backbone's weights differ from the ones it was "
+                              "trained on (hash mismatch); load the original backbone")
 
     def _preempted(self) -> None:
         log0(f"preemption signal: saving at step {self.state.step}")

@@ -45,7 +45,13 @@ def _get(module: nn.Module, dotted: str) -> nn.Module:
 
 
 def num_layers(backbone: nn.Module, stack: str) -> int:
-    return len(getattr(backbone, stack).block)
+    blocks = getattr(getattr(backbone, stack, None), "block", None)
+    if blocks is None:
+        raise ValueError(
+            f"backbone {type(backbone).__name__} has no `{stack}.block`: hyperscale attaches to T5-family "
+            "encoder-decoder models (T5, T5 v1.1, flan-t5, mT5)"
+        )
+    return len(blocks)
 
 
 def iter_slots(backbone: nn.Module, attach_points: dict[str, str] = T5_ATTACH_POINTS) -> Iterator[tuple[Slot, nn.Module]]:

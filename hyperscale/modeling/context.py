@@ -10,17 +10,19 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 
 
-@dataclass
-class AdapterWeights:
+class AdapterWeights(NamedTuple):
     """Adapter weights of every slot of one stack for the ``T`` distinct tasks of a batch.
 
     Shapes: down_w [T, S, m, d], down_b [T, S, m], up_w [T, S, d, m], up_b [T, S, d],
     gamma/beta [T, S, d]. ``T == 1`` is the single-task fast path.
+
+    A NamedTuple on purpose: DeepSpeed ZeRO-3 walks module outputs (tuples, dicts, namedtuples) to
+    re-gather a module's partitioned parameters for its backward; a plain object would hide them.
     """
 
     down_w: torch.Tensor
@@ -31,7 +33,7 @@ class AdapterWeights:
     beta: torch.Tensor
 
     def fields(self) -> tuple[torch.Tensor, ...]:
-        return (self.down_w, self.down_b, self.up_w, self.up_b, self.gamma, self.beta)
+        return tuple(self)
 
 
 @dataclass

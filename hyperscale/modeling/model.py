@@ -88,11 +88,13 @@ def load_backbone(backbone: Any, torch_dtype: Optional[torch.dtype] = None) -> t
         raise TypeError(f"backbone must be a T5 model, a directory, a hub id or 'preset:NAME', got {type(backbone)}")
     spec = str(backbone)
     if spec.startswith("preset:"):
-        from .presets import preset_config
+        from .presets import preset_config, preset_ties_head, untie_lm_head
 
         cfg = preset_config(spec)
         cls = MT5ForConditionalGeneration if cfg.model_type == "mt5" else T5ForConditionalGeneration
         model = cls(cfg)
+        if not preset_ties_head(spec):
+            untie_lm_head(model)
         if torch_dtype is not None:
             model = model.to(torch_dtype)
         return model, spec
@@ -102,6 +104,11 @@ def load_backbone(backbone: Any, torch_dtype: Optional[torch.dtype] = None) -> t
         raise ValueError(f"backbone {spec!r} is a file; give the directory written by save_pretrained")
     # a hub id: needs network access (or a populated Hugging Face cache)
     return AutoModelForSeq2SeqLM.from_pretrained(spec, dtype=torch_dtype), spec
+
+
+def _numel(p: torch.Tensor) -> int:
+    """Element count, also for ZeRO-3-partitioned parameters (whose local ``numel()`` is a shard)."""
+    return int(getattr(p, "ds_numel", p.numel()))
 
 
 def _is_layer_norm(module: nn.Module) -> bool:
@@ -429,14 +436,14 @@ class HyperscaleModel(nn.Module):
         if self.bank is not None:
             named = dict(self.bank.named_parameters())
             for group, prefixes in self.bank.param_groups().items():
-                groups[group] = sum(p.numel() for n, p in named.items() if any(n.startswith(x) for x in prefixes))
-        backbone_total = sum(p.numel() for p in self.backbone.parameters())
+                groups[group] = sum(_numel(p) for n, p in named.items() if any(n.startswith(x) for x in prefixes))
+        backbone_total = sum(_numel(p) for p in self.backbone.parameters())
         if self.config.uses_adapters:
-            ln = sum(p.numel() for n, p in self.backbone.named_parameters() if p.requires_grad)
+            ln = sum(_numel(p) for n, p in self.backbone.named_parameters() if p.requires_grad)
             groups["T5 layer norms"] = ln
         else:
             groups["T5 (all weights)"] = backbone_total
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        trainable = sum(_numel(p) for p in self.parameters() if p.requires_grad)
         n_tasks = len(self.config.tasks)
         return {
             "method": self.config.method,
@@ -446,6 +453,6 @@ class HyperscaleModel(nn.Module):
             "groups": groups,
             "trainable": trainable,
             "backbone": backbone_total,
-            "total": backbone_total + sum(p.numel() for p in self.bank.parameters()) if self.bank is not None else backbone_total,
+            "total": backbone_total + sum(_numel(p) for p in self.bank.parameters()) if self.bank is not None else backbone_total,
             "percent_per_task": 100.0 * trainable / n_tasks / backbone_total,
         }

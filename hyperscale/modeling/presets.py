@@ -6,6 +6,8 @@ device without allocating weights.
 """
 from __future__ import annotations
 
+import torch
+from torch import nn
 from transformers import T5Config
 
 _V10 = dict(feed_forward_proj="relu", tie_word_embeddings=True, vocab_size=32128)
@@ -57,3 +59,25 @@ def preset_config(name: str) -> T5Config:
     if key.startswith("mt5"):
         cfg.model_type = "mt5"
     return cfg
+
+
+def untie_lm_head(model: nn.Module) -> nn.Module:
+    """Give a T5-family model built from a config its own LM head, as v1.1 / flan-t5 / mT5 checkpoints have.
+
+    transformers 5 forces ``tie_word_embeddings=True`` on ``T5Config``/``MT5Config`` (v1.1 keeps only
+    ``scale_decoder_outputs=False``), so a model built from a config shares its head with the input
+    embedding; loading a real checkpoint unties it again because its head differs. Presets build from
+    configs, so they untie explicitly (else v1.1/mT5 sizes are short by vocab_size * d_model).
+    """
+    if model.lm_head.weight is model.shared.weight:
+        emb = model.shared.weight
+        head = torch.empty_like(emb)
+        if head.device.type != "meta":
+            nn.init.normal_(head, std=float(getattr(model.config, "initializer_factor", 1.0)))
+        model.lm_head.weight = nn.Parameter(head, requires_grad=emb.requires_grad)
+        model.config.tie_word_embeddings = False
+    return model
+
+
+def preset_ties_head(name: str) -> bool:
+    return bool(PRESETS[name.removeprefix("preset:")]["tie_word_embeddings"])

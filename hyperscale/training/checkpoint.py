@@ -132,6 +132,14 @@ def load(engine: Any, ckpt_dir: Path) -> TrainState:
     return state
 
 
+def read_trainer_state(ckpt_dir: Path) -> Optional[TrainState]:
+    """The TrainState a checkpoint recorded in ``trainer_state.json`` (None if absent), without DeepSpeed."""
+    path = ckpt_dir / "trainer_state.json"
+    if not path.is_file():
+        return None
+    return TrainState.from_dict(json.loads(path.read_text()))
+
+
 def resolve_checkpoint(spec: str, output_dir: Path) -> Optional[Path]:
     """``auto`` -> latest complete checkpoint of the run (or None); a path -> that checkpoint."""
     if spec == "auto":

@@ -144,10 +144,31 @@ class RunConfig:
 
     def model_fingerprint(self) -> str:
         """Hash of everything a checkpoint's weights depend on (for resume compatibility)."""
-        d = self.to_dict()
-        keep = {"model": {k: v for k, v in d["model"].items() if k not in ("gradient_checkpointing", "dropout")},
-                "tasks": d["data"]["tasks"]}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(_weights_keys(self.to_dict()), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# model keys that do not change a checkpoint's weights (free to differ on resume)
+_RESUME_FREE_MODEL_KEYS = ("gradient_checkpointing", "dropout")
+
+
+def _weights_keys(d: dict) -> dict:
+    model = d.get("model") or {}
+    return {"model": {k: v for k, v in model.items() if k not in _RESUME_FREE_MODEL_KEYS},
+            "tasks": (d.get("data") or {}).get("tasks")}
+
+
+def resume_differences(saved_run_config: Union[str, Path], cfg: "RunConfig") -> list[str]:
+    """What differs between a checkpoint's ``run_config.yaml`` and ``cfg`` in the keys its weights depend on,
+    as readable ``key: saved -> now`` lines (empty when compatible)."""
+    old = _weights_keys(yaml.safe_load(Path(saved_run_config).read_text()) or {})
+    new = _weights_keys(cfg.to_dict())
+    diffs = []
+    if old["tasks"] != new["tasks"]:
+        diffs.append(f"data.tasks: {old['tasks']} in the checkpoint, {new['tasks']} now")
+    for key in sorted(set(old["model"]) | set(new["model"])):
+        if old["model"].get(key) != new["model"].get(key):
+            diffs.append(f"model.{key}: {old['model'].get(key)!r} in the checkpoint, {new['model'].get(key)!r} now")
+    return diffs
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -176,6 +197,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-4 and 3e-4 as strings, not floats
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{where} must be a number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -302,6 +328,8 @@ def validate(cfg: RunConfig) -> None:
     need(t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}")
     need(cfg.deepspeed.zero_stage in (0, 1, 2, 3), f"deepspeed.zero_stage must be 0-3, got {cfg.deepspeed.zero_stage}")
     need(not cfg.deepspeed.offload or cfg.deepspeed.zero_stage == 3, "deepspeed.offload needs deepspeed.zero_stage=3")
+    need(not cfg.deepspeed.build_sharded or cfg.deepspeed.zero_stage == 3,
+         "deepspeed.build_sharded needs deepspeed.zero_stage=3 (only ZeRO-3 shards parameters)")
     need(cfg.sampler.mode in ("same-task", "mixed"), f"sampler.mode must be same-task or mixed, got {cfg.sampler.mode!r}")
     need(cfg.sampler.temperature > 0, "sampler.temperature must be > 0")
     need(cfg.eval.mode in ("rank", "generate"), f"eval.mode must be rank or generate, got {cfg.eval.mode!r}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -197,9 +198,13 @@ class PreemptionHandler:
 
         Waits at a barrier first (when ``torch.distributed`` is initialised) so no rank is
         still writing when SLURM starts tearing the job down; then rank 0 runs
-        ``scontrol requeue $SLURM_JOB_ID``.  SLURM then ends the current run (SIGTERM to
-        the ranks, SIGKILL after ``KillWait``) and starts the job again with the same id;
-        ``slurm/train.sbatch`` passes ``--resume auto``.  Under SLURM the handled signals are
+        ``scontrol requeue $SLURM_JOB_ID`` if the job is still ``RUNNING``.  A job that SLURM
+        is already ending (``COMPLETING`` after a user's ``scancel``, which also sends SIGTERM,
+        or after the time limit) stops with its checkpoint but is not requeued, so a cancel
+        stays a cancel; SLURM's advance warning (SIGUSR1) and signals sent with
+        ``scancel --signal`` leave the job ``RUNNING`` and requeue it.
+        SLURM then ends the current run (SIGTERM to the ranks, SIGKILL after ``KillWait``) and
+        starts the job again with the same id; ``slurm/train.sbatch`` passes ``--resume auto``.  Under SLURM the handled signals are
         ignored from here on, so that SIGTERM cannot kill the exiting interpreter: call
         ``sys.exit(0)`` right after.  Outside SLURM it only logs how to resume.  Returns True
         on the rank that requeued successfully.
@@ -227,6 +232,14 @@ class PreemptionHandler:
             logger.error("preemption: scontrol not found; cannot requeue job %s. "
                          "Resubmit it with --resume auto.", job_id)
             return False
+        state = self._job_state(job_id)
+        if state and state != "RUNNING":
+            # SLURM is already ending the job (COMPLETING after `scancel JOB`, the time limit,
+            # or a cancelling preemption): requeueing would undo a user's cancel.
+            logger.warning("preemption: checkpoint saved; job %s is %s (cancelled or ended by "
+                           "SLURM), so it is not requeued. Resubmit with --resume auto to "
+                           "continue.", job_id, state)
+            return False
         cmd = ["scontrol", "requeue", job_id]
         rc, out = self._run(cmd)
         if rc == 0:
@@ -236,7 +249,17 @@ class PreemptionHandler:
                      "resubmit with --resume auto.", " ".join(cmd), rc, out.strip())
         return False
 
+    def _job_state(self, job_id: str) -> str:
+        """SLURM's JobState for ``job_id`` (``RUNNING``, ``CANCELLED``...), "" if unknown."""
+        rc, out = self._run(["scontrol", "show", "job", "-o", job_id])
+        if rc != 0:
+            return ""
+        m = re.search(r"\bJobState=(\S+)", out)
+        return m.group(1) if m else ""
+
     def _ignore_signals(self) -> None:
+        if not self._installed:  # never took the signals over: leave them alone
+            return
         try:
             for sig in self.signals:
                 signal.signal(sig, signal.SIG_IGN)

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import MT5ForConditionalGeneration, T5ForConditionalGeneration
 
-from hyperscale.modeling import HyperscaleConfig, HyperscaleModel
 from hyperscale.modeling.presets import preset_config
+from hyperscale.params_cli import build_report
 from modeling_helpers import ALL_METHODS, TASKS, build
 
 E_T = E_L = E_P = 64  # task, layer-id, position embeddings
@@ -44,22 +43,18 @@ def adapter_formula(method: str, d: int, n_enc: int, n_dec: int, n_tasks: int, r
     return total
 
 
-def t5_backbone_formula(cfg) -> int:
+def t5_backbone_formula(cfg, tied: bool) -> int:
     d, inner, dff, h, nb = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff, cfg.num_heads, cfg.relative_attention_num_buckets
     ff = (3 if cfg.is_gated_act else 2) * d * dff
     enc = cfg.num_layers * (4 * d * inner + ff + 2 * d) + nb * h + d
     dec = cfg.num_decoder_layers * (8 * d * inner + ff + 3 * d) + nb * h + d
-    emb = cfg.vocab_size * d * (1 if cfg.tie_word_embeddings else 2)
+    emb = cfg.vocab_size * d * (1 if tied else 2)  # v1.1 / flan-t5 / mT5 checkpoints have their own LM head
     return emb + enc + dec
 
 
 def meta_report(preset: str, method: str, n_tasks: int = 8, rf: int = 32) -> dict:
-    cfg = preset_config(preset)
-    with torch.device("meta"):
-        bb = (MT5ForConditionalGeneration if cfg.model_type == "mt5" else T5ForConditionalGeneration)(cfg)
-        model = HyperscaleModel(bb, HyperscaleConfig(method=method, tasks=[f"t{i}" for i in range(n_tasks)],
-                                                     reduction_factor=rf), compute_hash=False)
-    return model.parameter_report()
+    """The production path of `hyperscale params`: built on the meta device."""
+    return build_report(preset, method, [f"t{i}" for i in range(n_tasks)], rf)
 
 
 def test_reference_numbers():
@@ -80,7 +75,7 @@ def test_reference_numbers():
 def test_counts_match_formula(preset, method):
     cfg = preset_config(preset)
     report = meta_report(preset, method, n_tasks=8, rf=32)
-    backbone = t5_backbone_formula(cfg)
+    backbone = t5_backbone_formula(cfg, tied=preset in ("t5-small", "t5-base"))
     assert report["backbone"] == backbone
     if method == "finetune":
         assert report["trainable"] == backbone
@@ -91,6 +86,24 @@ def test_counts_match_formula(preset, method):
         assert sum(report["groups"].values()) == want
         assert report["total"] == backbone + want - layer_norm_count(cfg.d_model, cfg.num_layers, cfg.num_decoder_layers)
     assert report["percent_per_task"] == pytest.approx(100 * report["trainable"] / 8 / backbone)
+
+
+@pytest.mark.parametrize("preset,total", [("t5-small", 60_506_624), ("t5-base", 222_903_552),
+                                          ("t5-v1_1-small", 76_961_152), ("flan-t5-base", 247_577_856),
+                                          ("mt5-small", 300_176_768)])
+def test_backbone_sizes_match_public_checkpoints(preset, total):
+    assert meta_report(preset, "adapters", n_tasks=1)["backbone"] == total
+
+
+def test_preset_backbones_untie_the_v1_1_head():
+    from hyperscale.modeling import load_backbone
+
+    v10, _ = load_backbone("preset:t5-tiny")
+    v11, _ = load_backbone("preset:t5-v1_1-tiny")
+    assert v10.lm_head.weight is v10.shared.weight
+    assert v11.lm_head.weight is not v11.shared.weight
+    assert not torch.equal(v11.lm_head.weight, v11.shared.weight)
+    assert v11.config.tie_word_embeddings is False
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)

@@ -3,42 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from modeling_helpers import ADAPTER_METHODS, D_MODEL, RF, batch, build, clone_backbone
-
-M = D_MODEL // RF
-
-
-def _gen_rows(d: int, m: int) -> dict[str, slice]:
-    """Row ranges of the fused generator output (layout documented in hypernet.py)."""
-    sizes = {"down_w": m * d, "down_b": m, "up_w": d * m, "up_b": d, "gamma": d, "beta": d}
-    out, start = {}, 0
-    for name, n in sizes.items():
-        out[name] = slice(start, start + n)
-        start += n
-    return out
-
-
-@torch.no_grad()
-def make_identity(model) -> None:
-    """Zero the up-projection (weight and bias) and beta of every adapter: A(y) = LN(0)*gamma + 0 + y = y."""
-    method = model.config.method
-    if method in ("adapters", "adapters-shared-norm"):
-        for stack in model.bank.stacks.values():
-            stack.up_w.zero_()
-            stack.up_b.zero_()
-            stack.beta.zero_()
-        return
-    rows = _gen_rows(D_MODEL, M)
-    for stack in model.bank.stacks.values():
-        for name in ("up_w", "up_b", "beta"):
-            if method == "hyperformer++":
-                stack.generator.weight[rows[name]] = 0
-                stack.generator.bias[rows[name]] = 0
-            else:
-                stack.gen_weight[:, rows[name]] = 0
-                stack.gen_bias[:, rows[name]] = 0
+from modeling_helpers import ADAPTER_METHODS, D_MODEL, RF, batch, build, clone_backbone, gen_rows, make_identity
 
 
 def _outputs(model, bare, b, task_ids):
@@ -64,7 +30,7 @@ def test_identity_adapter_leaves_outputs_unchanged_and_perturbed_changes_them(me
         if method in ("adapters", "adapters-shared-norm"):
             model.bank.stacks["encoder"].beta.add_(0.5)
         else:
-            rows = _gen_rows(D_MODEL, M)
+            rows = gen_rows(D_MODEL, D_MODEL // RF)
             net = model.bank.stacks["encoder"]
             if method == "hyperformer++":
                 net.generator.bias[rows["beta"]] = 0.5
@@ -83,13 +49,16 @@ def test_hooks_sit_on_self_attention_and_feed_forward_of_every_block_only():
             expected += [f"{stack}.block.{i}.layer.0.SelfAttention", f"{stack}.block.{i}.layer.{ff_layer}.DenseReluDense"]
     assert hooked == sorted(expected)
     assert not any("EncDecAttention" in n for n in hooked)
-    # the hooked modules are what the names say
+    # the hooked modules are what the names say: the attention of a self-attention layer, the MLP of a FF layer
     for name in hooked:
-        mod = model.backbone.get_submodule(name)
-        kind = type(mod).__name__
-        assert kind == "T5Attention" if name.endswith("SelfAttention") else kind.startswith("T5Dense"), (name, kind)
+        parent = type(model.backbone.get_submodule(name.rsplit(".", 1)[0])).__name__
+        kind = type(model.backbone.get_submodule(name)).__name__
         if name.endswith("SelfAttention"):
-            assert not mod.is_cross_attention if hasattr(mod, "is_cross_attention") else True
+            assert (parent, kind) == ("T5LayerSelfAttention", "T5Attention")
+        else:
+            assert parent == "T5LayerFF" and kind.startswith("T5Dense"), (parent, kind)
+    # and every hooked module carries exactly one hook
+    assert all(len(model.backbone.get_submodule(n)._forward_hooks) == 1 for n in hooked)
 
 
 def _adapter(y, w, slot):

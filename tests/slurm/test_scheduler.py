@@ -5,8 +5,9 @@ Every run is the tiny CPU config; each test compares train_log.jsonl with one
 single-process run of the same config and global batch.
 
   1. two ranks on two nodes train to the end with the single-process losses
-     (and the same through the torchrun launch mode);
-  2. `scancel --signal=USR1` mid-run: checkpoint, requeue, resume, same losses;
+     (and the same through the torchrun launch mode, submitted with `hyperscale slurm`);
+  2. `scancel --signal=USR1` mid-run: checkpoint, requeue, resume, same losses
+     (and a plain `scancel` stays cancelled: no requeue);
   3. one rank SIGKILLed: the job ends within the process-group timeout naming the rank,
      and the last checkpoint resumes to the same losses.
 
@@ -32,8 +33,8 @@ pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = os.environ.get("HYPERSCALE_SLURM_TEST_CONFIG", "configs/tiny-cpu.yaml")
-STEPS = int(os.environ.get("HYPERSCALE_SLURM_TEST_STEPS", "40"))
-CKPT_EVERY = max(1, STEPS // 4)
+STEPS = int(os.environ.get("HYPERSCALE_SLURM_TEST_STEPS", "12"))
+CKPT_EVERY = max(1, STEPS // 3)
 PG_TIMEOUT_S = 30
 #: the same for every run, so all of them can be compared with one reference
 COMMON = [f"train.max_steps={STEPS}", f"distributed.timeout_s={PG_TIMEOUT_S}"]
@@ -93,17 +94,31 @@ class Job:
     """One sbatch submission of slurm/train.sbatch."""
 
     def __init__(self, env: dict[str, str], output_dir: Path, overrides: list[str],
-                 nodes: int = 2, extra_env: Optional[dict[str, str]] = None) -> None:
+                 nodes: int = 2, extra_env: Optional[dict[str, str]] = None,
+                 cli_args: Optional[list[str]] = None) -> None:
+        """Submit with `sbatch slurm/train.sbatch`, or, given `cli_args`, through
+        `hyperscale slurm ... --submit` (which writes OUTPUT_DIR/<name>.sbatch first)."""
         self.env = dict(env, **(extra_env or {}))
         self.output_dir = output_dir
-        self.log = output_dir.parent / f"{output_dir.name}.slurm.out"
-        cmd = ["sbatch", "--parsable", "-N", str(nodes), "--job-name", f"hs-{output_dir.name}",
-               "-o", str(self.log), "slurm/train.sbatch", CONFIG,
-               f"output_dir={output_dir}", *overrides]
+        if cli_args is None:
+            self.log = output_dir.parent / f"{output_dir.name}.slurm.out"
+            cmd = ["sbatch", "--parsable", "-N", str(nodes), "--job-name",
+                   f"hs-{output_dir.name}", "-o", str(self.log), "slurm/train.sbatch", CONFIG,
+                   f"output_dir={output_dir}", *overrides]
+        else:
+            cmd = [sys.executable, "-m", "hyperscale.slurm_cli", CONFIG,
+                   f"output_dir={output_dir}", *overrides, "--nodes", str(nodes),
+                   "--python", sys.executable, *cli_args, "--submit"]
         out = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True,
-                             timeout=30)
-        assert out.returncode == 0, f"sbatch failed: {out.stderr}"
-        self.id = out.stdout.strip().split(";")[0]
+                             timeout=60)
+        assert out.returncode == 0, f"{cmd} failed:\n{out.stdout}\n{out.stderr}"
+        if cli_args is None:
+            self.id = out.stdout.strip().split(";")[0]
+        else:
+            m = re.search(r"submitted job (\d+)", out.stdout)
+            assert m, out.stdout
+            self.id = m.group(1)
+            self.log = output_dir / f"slurm-{self.id}.out"
 
     def info(self) -> dict[str, str]:
         out = subprocess.run(["scontrol", "show", "job", "-o", self.id], env=self.env,
@@ -209,15 +224,19 @@ def test_two_nodes_match_single_process(env, reference, tmp_path, jobs):
     assert_same_losses(read_losses(job.output_dir), reference)
 
 
-def test_two_nodes_torchrun_mode(env, reference, tmp_path, jobs):
-    """The other launch mode of train.sbatch: one srun task per node running torchrun."""
+def test_two_nodes_torchrun_mode_via_hyperscale_slurm(env, reference, tmp_path, jobs):
+    """The other launch mode (one srun task per node running torchrun), submitted through
+    `hyperscale slurm --launcher torchrun --submit`."""
     job = Job(env, tmp_path / "torchrun", [*COMMON, f"checkpoint.every_steps={CKPT_EVERY}"],
-              extra_env={"HYPERSCALE_LAUNCHER": "torchrun"})
+              cli_args=["--launcher", "torchrun", "--pg-timeout", str(PG_TIMEOUT_S)])
     jobs.append(job)
+    assert (job.output_dir / "hyperscale-tiny-cpu.sbatch").exists() or \
+        list(job.output_dir.glob("*.sbatch")), "hyperscale slurm wrote no script"
     state = job.wait_done(timeout=240)
     log = job.log_text()
     assert state == "COMPLETED", f"job {job.id} {state}\n{log[-6000:]}"
     assert "launcher=torchrun world_size=2" in log, log[-3000:]
+    assert re.search(r"^1: \[default0\]:", log, re.M), log[-3000:]
     assert_same_losses(read_losses(job.output_dir), reference)
 
 
@@ -227,7 +246,7 @@ def test_preemption_checkpoints_requeues_and_resumes(env, reference, tmp_path, j
     jobs.append(job)
     latest = job.output_dir / "checkpoints" / "latest"
 
-    job.wait_for(lambda: last_step(job.output_dir) >= 3, timeout=180, what="3 logged steps")
+    job.wait_for(lambda: last_step(job.output_dir) >= 1, timeout=180, what="a logged step")
     signalled_at = last_step(job.output_dir)
     assert signalled_at < STEPS - 3, (
         f"run nearly finished ({signalled_at}/{STEPS} steps) before it could be preempted; "
@@ -249,6 +268,21 @@ def test_preemption_checkpoints_requeues_and_resumes(env, reference, tmp_path, j
     assert "SIGUSR1" in log, log[-3000:]
     assert "restart 1" in log, log[-3000:]
     assert_same_losses(read_losses(job.output_dir), reference)
+
+
+def test_plain_scancel_is_not_requeued(env, tmp_path, jobs):
+    """`scancel JOB` also sends SIGTERM; the trainer stops but must not requeue the job."""
+    job = Job(env, tmp_path / "cancel", [*COMMON, "checkpoint.every_steps=1000000"])
+    jobs.append(job)
+    job.wait_for(lambda: last_step(job.output_dir) >= 1, timeout=180, what="a logged step")
+    out = subprocess.run(["scancel", job.id], env=env, capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    job.wait_done(timeout=60)
+    time.sleep(2)  # a wrongful requeue would show up here
+    info = job.info()
+    assert (info.get("JobState"), info.get("Restarts")) == ("CANCELLED", "0"), (
+        f"{info.get('JobState')} restarts={info.get('Restarts')}\n{job.log_text()[-4000:]}")
 
 
 def test_killed_rank_ends_job_and_checkpoint_resumes(env, reference, tmp_path, jobs):

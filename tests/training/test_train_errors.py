@@ -1,0 +1,89 @@
+"""Runs that must be refused: a fresh run into a directory that holds a run (nothing overwritten),
+a resume with an incompatible configuration. End to end through the launchers, plus in-process
+checks of the variants."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from hyperscale.train import Recipe
+from hyperscale.training.config import ConfigError, load_config
+from training_helpers import TINY, launch, log_tail
+
+pytestmark = pytest.mark.distributed  # needs a finished run
+
+
+@pytest.fixture(scope="module")
+def existing_run(runs, tmp_path_factory) -> Path:
+    """A private copy of a finished 1-process ZeRO-0 run (the tests try to clobber it)."""
+    src = runs("fp32-z0-1p").dir
+    dst = tmp_path_factory.mktemp("existing") / "run"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _snapshot(d: Path) -> dict:
+    return {str(p.relative_to(d)): (p.stat().st_size, p.stat().st_mtime_ns) for p in d.rglob("*") if p.is_file()}
+
+
+def test_fresh_run_into_an_existing_run_is_refused(existing_run: Path, tmp_path: Path):
+    before = _snapshot(existing_run)
+    # through the CLI (`hyperscale train`) as a plain process
+    log = tmp_path / "fresh.log"
+    proc = launch(["-m", "hyperscale.cli"], ["train", str(TINY), f"output_dir={existing_run}",
+                                             "deepspeed.zero_stage=0"], 1, log, timeout=180)
+    assert proc.returncode == 2, log_tail(log)
+    text = log.read_text()
+    assert "already holds a run" in text and "--resume auto" in text
+    assert "Traceback" not in text
+    assert _snapshot(existing_run) == before
+
+
+def test_resume_with_other_tasks_is_refused(existing_run: Path, tmp_path: Path):
+    before = _snapshot(existing_run)
+    log = tmp_path / "resume.log"
+    proc = launch(["-m", "hyperscale.train"], [str(TINY), f"output_dir={existing_run}", "deepspeed.zero_stage=0",
+                                               "data.tasks=[rte,cb,mrpc]", "--resume", "auto"], 1, log, timeout=180)
+    assert proc.returncode == 2, log_tail(log)
+    text = log.read_text()
+    assert "cannot resume" in text and "data.tasks" in text and "['rte', 'cb']" in text
+    assert "['rte', 'cb', 'mrpc']" in text
+    assert "Traceback" not in text and "size mismatch" not in text
+    assert _snapshot(existing_run) == before
+
+
+# ------------------------------------------------------------------------------- in-process variants
+def _recipe(run_dir: Path, overrides: list[str], resume) -> Recipe:
+    return Recipe(load_config(TINY, [f"output_dir={run_dir}", "deepspeed.zero_stage=0", *overrides]), resume=resume)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.reduction_factor=4", "model.reduction_factor"),
+    ("model.method=hyperformer", "model.method"),
+    ("model.task_embedding_dim=32", "model.task_embedding_dim"),
+    ("data.tasks=[cb,rte]", "data.tasks"),
+])
+def test_incompatible_resume_names_the_difference(existing_run: Path, override: str, key: str):
+    with pytest.raises(ConfigError) as info:
+        _recipe(existing_run, [override], "auto")._check_resumable()
+    msg = str(info.value)
+    assert "cannot resume" in msg and key in msg and "in the checkpoint" in msg
+
+
+def test_compatible_resume_passes_the_check(existing_run: Path):
+    # what does not change the weights may change: dropout, steps, lr, stage, precision
+    _recipe(existing_run, ["model.dropout=0.2", "train.max_steps=20", "train.lr=1e-4",
+                           "deepspeed.zero_stage=2"], "auto")._check_resumable()
+    _recipe(existing_run, [], str(existing_run / "checkpoints" / "step-00000008"))._check_resumable()
+
+
+def test_output_dir_checks(existing_run: Path, tmp_path: Path):
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        _recipe(existing_run, [], None)._check_output_dir()
+    _recipe(existing_run, [], "auto")._check_output_dir()  # continuing is fine
+    _recipe(tmp_path / "new", [], None)._check_output_dir()  # a new directory is fine
+    with pytest.raises(FileNotFoundError, match="no complete hyperscale checkpoint"):
+        _recipe(tmp_path / "new", [], str(tmp_path / "missing"))._check_resumable()

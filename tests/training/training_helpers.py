@@ -1,0 +1,159 @@
+"""Launch and share real training runs for the trainer tests (used by conftest.py and the tests)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny-cpu.yaml"
+DRIVER = Path(__file__).resolve().parent / "recipe_driver.py"
+LAUNCH_TIMEOUT_S = 300
+
+
+def run_env() -> dict:
+    """The environment of a launched run: CPU DeepSpeed, one thread per rank, offline, this checkout first."""
+    env = dict(os.environ)
+    venv_ext = REPO / ".venv" / "torch_ext"
+    if "TORCH_EXTENSIONS_DIR" not in env and venv_ext.is_dir():
+        env["TORCH_EXTENSIONS_DIR"] = str(venv_ext)  # DeepSpeed's compiled shm op (40 s to rebuild)
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        env.pop(var, None)  # a plain process must pick its own single-process rendezvous
+    for var in [v for v in env if v.startswith(("SLURM_", "PMI_", "OMPI_"))]:
+        env.pop(var)  # not a task of some outer job
+    return env
+
+
+def launch(target: list[str], args: list[str], nproc: int, log: Path,
+           timeout: int = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run ``target`` (``["-m", "hyperscale.train"]`` or ``[script]``) with ``args``: under
+    ``torchrun --standalone`` for 2+ processes, as a plain ``python`` process for one."""
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               *(["--module", target[1]] if target[0] == "-m" else target), *args]
+    else:
+        cmd = [sys.executable, *target, *args]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.run(cmd, cwd=REPO, env=run_env(), stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+    return proc
+
+
+def log_tail(log: Path, n: int = 60) -> str:
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if "it/s]" not in ln and "examples/s]" not in ln]
+    return "\n".join(lines[-n:])
+
+
+@dataclass
+class Run:
+    name: str
+    dir: Path
+    stage: int
+    precision: str
+    nproc: int
+    probe: Optional[Path] = None
+    log: Optional[Path] = None
+
+    def train_log(self) -> list[dict]:
+        return [json.loads(ln) for ln in (self.dir / "train_log.jsonl").read_text().splitlines() if ln.strip()]
+
+    def losses(self) -> dict[int, float]:
+        return {e["step"]: e["loss"] for e in self.train_log()}
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.dir / "checkpoints"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.ckpt_root / f"step-{step:08d}"
+
+
+@dataclass
+class Spec:
+    stage: int
+    precision: str
+    nproc: int = 2
+    probe: bool = False  # launch through the driver (dumps the engine's outputs at the end)
+    resume_of: Optional[str] = None  # a run to cut at RESUME_STEP and continue with --resume auto
+    extra: list = field(default_factory=list)
+
+
+RESUME_STEP = 4  # tiny-cpu.yaml checkpoints every 4 of 12 steps
+SPECS: dict[str, Spec] = {
+    # the loss falls under every stage, bf16 (the default precision); z2 also runs the task-sync check
+    "bf16-z0": Spec(0, "bf16"),
+    "bf16-z2": Spec(2, "bf16", extra=["distributed.check_task_sync=true"]),
+    "bf16-z3": Spec(3, "bf16"),
+    # fp32, exact comparisons: export vs engine, resume vs uninterrupted
+    "fp32-z0": Spec(0, "fp32", probe=True),
+    "fp32-z2": Spec(2, "fp32", probe=True),
+    "fp32-z3": Spec(3, "fp32", probe=True),
+    "fp32-z2-resumed": Spec(2, "fp32", resume_of="fp32-z2"),
+    "fp32-z0-1p": Spec(0, "fp32", nproc=1),
+    "fp32-z0-1p-resumed": Spec(0, "fp32", nproc=1, resume_of="fp32-z0-1p"),
+}
+
+
+def cut_run(src: Path, dst: Path, step: int) -> None:
+    """``dst`` = ``src`` as it stood when it crashed some time after checkpointing ``step``: later
+    checkpoints gone, ``latest`` at ``step``; the step log and TensorBoard events still hold the later
+    steps (the resumed run must drop and purge them)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("export*", "results.json", "*.log"))
+    root = dst / "checkpoints"
+    tag = f"step-{step:08d}"
+    assert (root / tag / "COMPLETE").is_file(), f"{src} has no complete checkpoint at step {step}"
+    for d in root.iterdir():
+        if d.is_dir() and d.name.startswith("step-") and d.name > tag:
+            shutil.rmtree(d)
+    (root / "latest").write_text(tag + "\n")
+    best = root / "best"
+    if best.is_file() and best.read_text().strip() > tag:
+        best.unlink()
+
+
+class Runs:
+    def __init__(self, base: Path):
+        self.base = base
+        self.done: dict[str, Run] = {}
+        self.failed: dict[str, str] = {}
+
+    def __call__(self, name: str) -> Run:
+        if name in self.failed:
+            pytest.fail(f"run {name} failed earlier:\n{self.failed[name]}", pytrace=False)
+        if name not in self.done:
+            try:
+                self.done[name] = self._launch(name)
+            except Exception as e:  # remember, so dependent tests fail fast
+                self.failed[name] = str(e)
+                raise
+        return self.done[name]
+
+    def _launch(self, name: str) -> Run:
+        spec = SPECS[name]
+        run = Run(name, self.base / name, spec.stage, spec.precision, spec.nproc, log=self.base / f"{name}.log")
+        args = [str(TINY), f"output_dir={run.dir}", f"deepspeed.zero_stage={spec.stage}",
+                f"train.precision={spec.precision}", *spec.extra]
+        target = ["-m", "hyperscale.train"]
+        if spec.resume_of is not None:
+            cut_run(self(spec.resume_of).dir, run.dir, RESUME_STEP)
+            args.append("--resume=auto")
+        if spec.probe:
+            run.probe = self.base / f"{name}.probe.pt"
+            target = [str(DRIVER)]
+            args.append(f"--probe={run.probe}")
+        proc = launch(target, args, spec.nproc, run.log)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name}: exit {proc.returncode}; log {run.log}:\n{log_tail(run.log)}")
+        return run
