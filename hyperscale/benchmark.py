@@ -71,7 +71,8 @@ ALL_CONFIGS = ("floor", "floor-compiled", "hyperformer++", "ds-zero0", "ds-zero1
 DEFAULT_TASKS = ("rte", "mrpc", "sst2", "cola", "stsb", "cb")
 ROW_FIELDS = ("name", "method", "runner", "zero_stage", "precision", "status", "ms_median", "ms_mean", "ms_min",
               "ms_max", "steps", "tokens_per_s", "peak_mem_mb", "mem_metric", "ratio_to_floor", "ratio_to_plain",
-              "trainable_params", "total_params", "loss_first", "loss_last", "note", "error")
+              "trainable_params", "total_params", "loss_first", "loss_last", "note", "error", "rounds",
+              "times_ms")
 
 
 # =============================================================================================== settings
@@ -93,6 +94,7 @@ class BenchSettings:
     lora_r: int = 8
     seed: int = 0
     threads: Optional[int] = None
+    rounds: int = 1
     profile_dir: Optional[str] = None
     profile_steps: int = 3
     # eval benchmark
@@ -151,13 +153,13 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         backbone=backbone, device=device, batch=args.batch or (64 if on_gpu else 8), src_len=args.src_len,
         tgt_len=args.tgt_len, precision=precision, warmup=args.warmup, steps=args.steps, configs=configs,
         tasks=tasks, task_mix=args.task_mix, plain_mode=args.plain_mode, reduction_factor=args.reduction_factor,
-        lora_r=args.lora_r, seed=args.seed, threads=args.threads, profile_dir=args.profile_dir,
-        profile_steps=args.profile_steps,
+        lora_r=args.lora_r, seed=args.seed, threads=args.threads, rounds=args.rounds,
+        profile_dir=args.profile_dir, profile_steps=args.profile_steps,
         eval=bool(args.eval or args.eval_only), eval_task=args.eval_task, eval_n=args.eval_n,
         eval_batch=args.eval_batch, eval_train_steps=args.eval_train_steps,
     )
-    if s.batch < 1 or s.src_len < 1 or s.tgt_len < 1 or s.steps < 1 or s.warmup < 0:
-        raise ValueError("--batch, --src-len, --tgt-len and --steps must be >= 1, --warmup >= 0")
+    if min(s.batch, s.src_len, s.tgt_len, s.steps, s.rounds) < 1 or s.warmup < 0:
+        raise ValueError("--batch, --src-len, --tgt-len, --steps and --rounds must be >= 1, --warmup >= 0")
     if s.eval and s.eval_task not in s.tasks:
         s.tasks = s.tasks + [s.eval_task]
     return s
@@ -538,7 +540,7 @@ def _profile(name: str, built: _Built, s: BenchSettings) -> None:
     (out / f"{safe}.txt").write_text(text + "\n")
 
 
-def measure(name: str, s: BenchSettings, batch: dict) -> dict:
+def measure(name: str, s: BenchSettings, batch: dict, profile: bool = True) -> dict:
     """Build configuration ``name``, time its steps, return its row (``status`` ok / skipped / error)."""
     import torch
 
@@ -568,16 +570,14 @@ def measure(name: str, s: BenchSettings, batch: dict) -> dict:
                     losses.append(float(loss.detach()))
             if cuda:
                 peak = torch.cuda.max_memory_allocated()
-        if s.profile_dir:
+        if s.profile_dir and profile:
             _profile(name, built, s)
-        ms = sorted(t * 1000.0 for t in times)
-        med = statistics.median(ms)
         row.update(
-            method=built.method, runner=built.runner, zero_stage=built.zero_stage, ms_median=med,
-            ms_mean=statistics.fmean(ms), ms_min=ms[0], ms_max=ms[-1], steps=len(ms),
-            tokens_per_s=s.tokens_per_step / (med / 1000.0), trainable_params=built.trainable,
+            method=built.method, runner=built.runner, zero_stage=built.zero_stage, trainable_params=built.trainable,
             total_params=built.total, loss_first=losses[0], loss_last=losses[-1], note=built.note,
+            times_ms=[t * 1000.0 for t in times], rounds=1,
         )
+        _set_stats(row, s)
         if cuda:
             row.update(peak_mem_mb=peak / 2**20, mem_metric="cuda max_memory_allocated")
         else:
@@ -604,6 +604,25 @@ def measure(name: str, s: BenchSettings, batch: dict) -> dict:
     if name.startswith("ds-zero") and row["runner"] is None:
         row.update(method="hyperformer++", runner="deepspeed", zero_stage=int(name.removeprefix("ds-zero")))
     return row
+
+
+def _set_stats(row: dict, s: BenchSettings) -> None:
+    ms = sorted(row["times_ms"])
+    med = statistics.median(ms)
+    row.update(ms_median=med, ms_mean=statistics.fmean(ms), ms_min=ms[0], ms_max=ms[-1], steps=len(ms),
+               tokens_per_s=s.tokens_per_step / (med / 1000.0))
+
+
+def _merge_round(old: dict, new: dict, s: BenchSettings) -> dict:
+    """Fold a later round's row into the first one: timed steps pooled, memory peak = max."""
+    if old["status"] != "ok" or new["status"] != "ok":
+        return old if old["status"] != "ok" else new
+    old["times_ms"] = old["times_ms"] + new["times_ms"]
+    old["peak_mem_mb"] = max(old["peak_mem_mb"], new["peak_mem_mb"])
+    old["loss_last"] = new["loss_last"]
+    old["rounds"] += 1
+    _set_stats(old, s)
+    return old
 
 
 def _process_warmup(s: BenchSettings, batch: dict) -> None:
@@ -812,12 +831,19 @@ def run_benchmark(s: BenchSettings, on_update: Optional[Callable[[dict], None]] 
 
         batch = _make_batch(s, preset_config(s.preset).vocab_size)
         _process_warmup(s, batch)
-        for name in s.configs:
-            print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-            rows.append(measure(name, s, batch))
-            add_ratios(rows)
-            if on_update is not None:
-                on_update(result)
+        for rnd in range(s.rounds):
+            # several rounds interleave the configurations: slow drifts of a shared machine's load
+            # then hit every configuration alike
+            for i, name in enumerate(s.configs):
+                print(f"[bench] {name} (round {rnd + 1}/{s.rounds}) ...", file=sys.stderr, flush=True)
+                row = measure(name, s, batch, profile=rnd == 0)
+                if rnd == 0:
+                    rows.append(row)
+                else:
+                    rows[i] = _merge_round(rows[i], row, s)
+                add_ratios(rows)
+                if on_update is not None:
+                    on_update(result)
     if s.eval:
         print("[bench] eval ...", file=sys.stderr, flush=True)
         try:
@@ -843,6 +869,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "weights + autocast")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration")
     p.add_argument("--steps", type=int, default=10, help="timed steps per configuration (median reported)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the configuration list this many times, interleaved, pooling the timed steps")
     p.add_argument("--only", default=None, help=f"comma-separated configurations out of: {', '.join(ALL_CONFIGS)}")
     p.add_argument("--zero-stages", default="0,2,3", help="ZeRO stages of the default ds-zeroN rows")
     p.add_argument("--tasks", default=None, help=f"task names of the model (default: {','.join(DEFAULT_TASKS)})")
