@@ -86,8 +86,10 @@ def test_shipped_ds_config_is_accepted_with_a_matching_run_config(path: Path):
     assert ds["zero_optimization"]["stage"] == cfg.deepspeed.zero_stage
     assert ds.get("bf16", {}).get("enabled", False) == (t.precision == "bf16")
     assert ds.get("fp16", {}).get("enabled", False) == (t.precision == "fp16")
-    if t.precision == "bf16":  # gradients accumulate in fp32 under bf16
+    if t.precision == "bf16" and cfg.deepspeed.zero_stage > 0:  # gradients accumulate in fp32 under bf16
         assert ds["data_types"]["grad_accum_dtype"] == "fp32"
+    if t.precision == "bf16" and cfg.deepspeed.zero_stage == 0:  # DeepSpeed refuses fp32 accumulation there
+        assert "grad_accum_dtype" not in ds.get("data_types", {})
     if cfg.deepspeed.offload:
         assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
 
