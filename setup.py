@@ -14,7 +14,6 @@ setup(
             "resources/glue_sample/SOURCES.md",
             "resources/glue_sample/glue/*/*.tsv",
             "resources/glue_sample/superglue/*/*.jsonl",
-            "slurm_templates/*",
         ]
     },
     include_package_data=True,

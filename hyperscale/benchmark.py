@@ -523,7 +523,11 @@ def _empty_row(name: str, s: BenchSettings) -> dict:
     return row
 
 
-def _profile(name: str, built: _Built, s: BenchSettings) -> None:
+def _profile(name: str, built: _Built, s: BenchSettings) -> dict:
+    """Profile ``s.profile_steps`` more steps (torch.profiler); write the op table to the profile dir and
+    return per-step counts: ATen ops (the host-side dispatches), autograd backward nodes and, on CUDA,
+    device kernels: eager T5 at benchmark sizes is bound by these counts, not by FLOPs."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if s.device == "cuda" else [])
@@ -531,13 +535,31 @@ def _profile(name: str, built: _Built, s: BenchSettings) -> None:
         for _ in range(s.profile_steps):
             built.step()
         _sync(s.device)
+    events = prof.key_averages()
+    n = max(1, s.profile_steps)
+    cuda_type = getattr(torch.autograd, "DeviceType", None)
+    summary = {
+        "steps": s.profile_steps,
+        "aten_ops_per_step": sum(e.count for e in events if e.key.startswith("aten::")) / n,
+        "backward_nodes_per_step": sum(e.count for e in events
+                                       if "Backward" in e.key and "evaluate_function" in e.key) / n,
+    }
+    if s.device == "cuda" and cuda_type is not None:
+        summary["cuda_kernels_per_step"] = sum(e.count for e in events
+                                               if getattr(e, "device_type", None) == cuda_type.CUDA) / n
+    table = None
+    for key in (("self_device_time_total", "self_cuda_time_total") if s.device == "cuda" else ("self_cpu_time_total",)):
+        try:
+            table = events.table(sort_by=key, row_limit=60)
+            break
+        except Exception:  # the key's name changed across torch versions
+            continue
     out = Path(s.profile_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sort = "self_cuda_time_total" if s.device == "cuda" else "self_cpu_time_total"
-    safe = name.replace("+", "p")
-    text = (f"# {name}: {s.profile_steps} steps, {s.backbone}, batch {s.batch}, {s.src_len}+{s.tgt_len} tokens, "
-            f"{s.precision}, {s.device}\n" + prof.key_averages().table(sort_by=sort, row_limit=40))
-    (out / f"{safe}.txt").write_text(text + "\n")
+    head = (f"# {name}: {s.profile_steps} steps, {s.backbone}, batch {s.batch}, {s.src_len}+{s.tgt_len} tokens, "
+            f"{s.precision}, {s.device}\n# per step: " + json.dumps({k: v for k, v in summary.items() if k != "steps"}))
+    (out / f"{name.replace('+', 'p')}.txt").write_text(head + "\n" + (table or events.table(row_limit=60)) + "\n")
+    return summary
 
 
 def measure(name: str, s: BenchSettings, batch: dict, profile: bool = True) -> dict:
@@ -571,7 +593,7 @@ def measure(name: str, s: BenchSettings, batch: dict, profile: bool = True) -> d
             if cuda:
                 peak = torch.cuda.max_memory_allocated()
         if s.profile_dir and profile:
-            _profile(name, built, s)
+            row["profile"] = _profile(name, built, s)
         row.update(
             method=built.method, runner=built.runner, zero_stage=built.zero_stage, trainable_params=built.trainable,
             total_params=built.total, loss_first=losses[0], loss_last=losses[-1], note=built.note,

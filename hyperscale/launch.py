@@ -12,10 +12,12 @@ or DeepSpeed.  It recognises, in this order:
 
 Under SLURM the master address is the first node of the step's node list, resolved to an
 address with ``scontrol show hostnames`` and ``scontrol show node NAME`` (``NodeAddr``),
-because node names need not be host names.  ``MASTER_ADDR``/``MASTER_PORT`` already in the
-environment win (``slurm/train.sbatch`` resolves them once per job and exports them, so
-a thousand ranks do not each ask slurmctld).  The port is derived from the job id
-(:func:`port_from_job_id`), so every rank of a job agrees on it without talking.
+because node names need not be host names.  ``slurm/train.sbatch`` resolves them once per
+job and exports them with ``HYPERSCALE_RENDEZVOUS_JOB=$SLURM_JOB_ID`` (so a thousand ranks do
+not each ask slurmctld); a ``MASTER_ADDR``/``MASTER_PORT`` without that marker was inherited
+from the submitting shell and is ignored.  ``HYPERSCALE_MASTER_ADDR``/``HYPERSCALE_MASTER_PORT``
+override on purpose.  The port is derived from the job id (:func:`port_from_job_id`), so every
+rank of a job agrees on it without talking.
 
 The derivation itself (:func:`derive_dist_env`) is a pure function of an environment mapping
 and injectable resolvers; :func:`setup_distributed_env` applies its result to ``os.environ``.
@@ -260,18 +262,22 @@ def derive_dist_env(
             except (ValueError, IndexError):
                 local_world = 1
 
-        if env.get("MASTER_ADDR"):
-            addr = env["MASTER_ADDR"]
-        else:
+        job_id = env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID") or ""
+        # MASTER_ADDR/PORT count only when slurm/train.sbatch set them for this job; values
+        # inherited from the submitting shell may be stale.  HYPERSCALE_MASTER_* always win.
+        trusted = bool(job_id) and env.get("HYPERSCALE_RENDEZVOUS_JOB") == job_id
+        addr = env.get("HYPERSCALE_MASTER_ADDR") or (env.get("MASTER_ADDR") if trusted else "")
+        if not addr:
             nodelist = (env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
                         or env.get("SLURM_NODELIST"))
             if not nodelist:
                 raise ValueError("SLURM task without SLURM_STEP_NODELIST/SLURM_JOB_NODELIST")
             addr = (resolve_master or slurm_first_node_address)(nodelist)
-        if env.get("MASTER_PORT"):
+        if env.get("HYPERSCALE_MASTER_PORT"):
+            port = _int(env, "HYPERSCALE_MASTER_PORT")
+        elif trusted and env.get("MASTER_PORT"):
             port = _int(env, "MASTER_PORT")
         else:
-            job_id = env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")
             if not job_id:
                 raise ValueError("SLURM task without SLURM_JOB_ID")
             port = port_from_job_id(job_id)

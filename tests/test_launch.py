@@ -69,10 +69,24 @@ def test_slurm_step_nodelist_wins_over_job_nodelist():
     assert seen == ["gpu08"] and d.world_size == 4 and d.rank == 2 and d.local_world_size == 4
 
 
-def test_slurm_preset_master_is_respected_without_resolving():
-    env = dict(SRUN_TASK, MASTER_ADDR="192.168.0.9", MASTER_PORT="23456")
+def test_slurm_master_exported_by_the_job_script_is_used_without_resolving():
+    env = dict(SRUN_TASK, MASTER_ADDR="192.168.0.9", MASTER_PORT="23457",
+               HYPERSCALE_RENDEZVOUS_JOB="123456")
     d = derive_dist_env(env, resolve_master=no_resolver, free_port=no_port)
-    assert (d.master_addr, d.master_port, d.launcher) == ("192.168.0.9", 23456, "slurm")
+    assert (d.master_addr, d.master_port, d.launcher) == ("192.168.0.9", 23457, "slurm")
+
+
+def test_slurm_ignores_stale_master_from_the_submitting_shell():
+    env = dict(SRUN_TASK, MASTER_ADDR="localhost", MASTER_PORT="29500",
+               HYPERSCALE_RENDEZVOUS_JOB="999")  # another job's, or none at all
+    d = derive_dist_env(env, resolve_master=lambda nl: "10.1.2.7", free_port=no_port)
+    assert (d.master_addr, d.master_port) == ("10.1.2.7", 23456)
+
+
+def test_slurm_explicit_master_override():
+    env = dict(SRUN_TASK, HYPERSCALE_MASTER_ADDR="ib0-gpu07", HYPERSCALE_MASTER_PORT="25000")
+    d = derive_dist_env(env, resolve_master=no_resolver, free_port=no_port)
+    assert (d.master_addr, d.master_port) == ("ib0-gpu07", 25000)
 
 
 def test_slurm_falls_back_to_ntasks_and_uneven_tasks_per_node():

@@ -193,7 +193,9 @@ class HyperscaleModel(nn.Module):
 
         def make_hook(stack: str, slot: int):
             def hook(module: nn.Module, args: Any, output: Any) -> Any:
-                ctx = active_context() or holder["last"]
+                ctx = active_context()
+                if ctx is None and torch._C._current_graph_task_id() != -1:
+                    ctx = holder["last"]  # activation checkpointing: recomputation inside backward
                 if ctx is None:
                     raise RuntimeError(
                         "hyperscale adapter hook ran outside an adapter context: call the HyperscaleModel "
@@ -211,8 +213,12 @@ class HyperscaleModel(nn.Module):
 
             return hook
 
+        if getattr(self.backbone, "_hyperscale_attached", False):
+            raise ValueError("this backbone already carries hyperscale adapters (another HyperscaleModel wraps it); "
+                             "give each HyperscaleModel its own backbone (e.g. copy.deepcopy(backbone))")
         for slot, module in iter_slots(self.backbone):
             self._hooks.append(module.register_forward_hook(make_hook(slot.stack, slot.index)))
+        self.backbone._hyperscale_attached = True
 
     def _set_trainable(self) -> None:
         if not self.config.uses_adapters:
@@ -420,6 +426,7 @@ class HyperscaleModel(nn.Module):
         # deepcopy copied the hooks of self: drop them and attach fresh ones bound to `out`
         for mod in out.backbone.modules():
             mod._forward_hooks.clear()
+        out.backbone._hyperscale_attached = False
         out.bank = out._build_bank()
         out._attach()
         out._set_trainable()

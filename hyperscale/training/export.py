@@ -18,10 +18,36 @@ from ..modeling.model import CONFIG_NAME, HyperscaleConfig, HyperscaleModel, loa
 from .checkpoint import COMPLETE, resolve_checkpoint
 
 
+def _bf16_optimizer_state_dict(ckpt_dir: Path, files: list[Path]) -> dict[str, torch.Tensor]:
+    """fp32 master weights from DeepSpeed's BF16_Optimizer files (bf16 with ZeRO-1), which ``zero_to_fp32``
+    does not read: each rank holds a contiguous slice of every parameter group, the last one padded."""
+    import re
+
+    files = sorted(files, key=lambda f: int(re.search(r"pp_rank_(\d+)_", f.name).group(1)))
+    states = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"] for f in files]
+    model_states = torch.load(ckpt_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    sd: dict[str, torch.Tensor] = {}
+    for g, shapes in enumerate(model_states["param_shapes"]):
+        flat = torch.cat([st["single_partition_of_fp32_groups"][g].float() for st in states])
+        offset = 0
+        for name, shape in shapes.items():
+            n = int(torch.Size(shape).numel())
+            sd[name] = flat[offset:offset + n].view(shape).clone()
+            offset += n
+        padding = sum(int(st["group_paddings"][g]) for st in states)
+        if offset + padding != flat.numel():
+            raise ValueError(f"{ckpt_dir}: parameter group {g} holds {flat.numel()} values, expected {offset} + "
+                             f"{padding} padding; is this checkpoint complete?")
+    return sd
+
+
 def consolidated_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     run_cfg = yaml.safe_load((ckpt_dir / "run_config.yaml").read_text())
     stage = int(run_cfg["deepspeed"]["zero_stage"])
-    if stage == 0:
+    bf16_files = list(ckpt_dir.glob("bf16_zero_pp_rank_*_mp_rank_00_optim_states.pt"))
+    if bf16_files:
+        sd = _bf16_optimizer_state_dict(ckpt_dir, bf16_files)
+    elif stage == 0:
         states = torch.load(ckpt_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
         sd = states["module"]
     else:
