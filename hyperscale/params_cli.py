@@ -98,7 +98,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``params`` on an ``argparse`` subparsers object; sets ``func=run``."""
     from .modeling.model import METHODS
 
-    p = subparsers.add_parser("params", help=DESCRIPTION, description=DESCRIPTION)
+    p = subparsers.add_parser("params", help=DESCRIPTION.replace("%", "%%"), description=DESCRIPTION.replace("%", "%%"))
     p.add_argument("--backbone", default="t5-base",
                    help="preset name (t5-base, flan-t5-large, ...), preset:NAME, or a local model directory "
                         "(its config.json is read); default t5-base")

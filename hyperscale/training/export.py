@@ -44,8 +44,10 @@ def _bf16_optimizer_state_dict(ckpt_dir: Path, files: list[Path]) -> dict[str, t
 def consolidated_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     run_cfg = yaml.safe_load((ckpt_dir / "run_config.yaml").read_text())
     stage = int(run_cfg["deepspeed"]["zero_stage"])
+    # ZeRO-1 + bf16 runs DeepSpeed's BF16_Optimizer; ZeRO 2/3 + bf16 name their (zero_to_fp32-readable)
+    # optimizer files the same way, and a ZeRO-3 checkpoint has no mp_rank_00_model_states.pt
     bf16_files = list(ckpt_dir.glob("bf16_zero_pp_rank_*_mp_rank_00_optim_states.pt"))
-    if bf16_files:
+    if bf16_files and stage == 1:
         sd = _bf16_optimizer_state_dict(ckpt_dir, bf16_files)
     elif stage == 0:
         states = torch.load(ckpt_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)

@@ -23,7 +23,8 @@ from training_helpers import Run, Runs  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "distributed: launches 2-process DeepSpeed runs (torchrun, gloo on CPU)")
+    config.addinivalue_line("markers", "distributed: launches DeepSpeed training runs (torchrun with 2 processes "
+                            "over gloo on CPU, or one plain process); deselect with -m 'not distributed'")
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -47,8 +48,16 @@ def launch(target: list[str], args: list[str], nproc: int, log: Path,
     with log.open("w") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        proc = subprocess.run(cmd, cwd=REPO, env=run_env(), stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
-    return proc
+        # its own process group, so that a hung run is stopped with all its ranks
+        proc = subprocess.Popen(cmd, cwd=REPO, env=run_env(), stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise RuntimeError(f"timed out after {timeout} s: {' '.join(cmd)}\n{log_tail(log)}") from None
+    return subprocess.CompletedProcess(cmd, rc)
 
 
 def log_tail(log: Path, n: int = 60) -> str:
