@@ -16,7 +16,7 @@
 # BENCH_BATCHES ("64 256") BENCH_SRC_LEN (128) BENCH_TGT_LEN (8) BENCH_WARMUP (5) BENCH_STEPS (20)
 # BENCH_EVAL (1) BENCH_EVAL_N (256) BENCH_COMPILE (0: 1 adds the torch.compile floor at the first batch)
 # BENCH_AMP (0: 1 adds a --plain-mode amp pass of the plain-loop rows at the first batch)
-# BENCH_PROFILE (0: 1 writes torch.profiler tables of the first batch's rows under $OUT/profile)
+# BENCH_PROFILE (1: a last pass at the first batch under torch.profiler: tables in $OUT/profile_bN/)
 # BENCH_EXTRA_ARGS ("") BENCH_TIMEOUT (300 s per benchmark process) PYTHON (python3)
 # BENCH_WHEELS (benchmarks/wheels) BENCH_SITE (/tmp/hyperscale_bench_site) BENCH_FORCE_INSTALL (0)
 set -uo pipefail
@@ -116,7 +116,7 @@ STATUS=0
 bench() {  # bench TAG ARGS...: one benchmark process, bounded by $TIMEOUT
   local tag="$1"; shift
   log "run $tag: $*"
-  timeout --kill-after=20 "$TIMEOUT" "$PY" -m hyperscale.cli bench --device "$DEVICE" --backbone "$BACKBONE" \
+  timeout --kill-after=20 "${TIMEOUT}" "$PY" -m hyperscale.cli bench --device "$DEVICE" --backbone "$BACKBONE" \
       --precision "$PRECISION" --src-len "$SRC" --tgt-len "$TGT" --warmup "$WARMUP" --steps "$STEPS" \
       --json-out "$OUT/$tag.json" --table-out "$OUT/$tag.md" "$@" "${EXTRA[@]}" \
       > "$OUT/$tag.stdout" 2> "$OUT/$tag.stderr"
@@ -126,26 +126,37 @@ bench() {  # bench TAG ARGS...: one benchmark process, bounded by $TIMEOUT
   return 0
 }
 
-first=1
+# most important first: every row at each batch size; then the eval benchmark; then the extras
+FIRST_B="${BATCHES%% *}"
 for B in $BATCHES; do
-  args=(--batch "$B")
-  if [ "$first" = 1 ] && [ "$EVAL" = 1 ]; then args+=(--eval --eval-n "$EVAL_N"); fi
-  if [ "$first" = 1 ] && [ "${BENCH_PROFILE:-0}" = 1 ]; then args+=(--profile-dir "$OUT/profile"); fi
-  bench "bench_b$B" "${args[@]}"
-  if [ "$first" = 1 ] && [ "${BENCH_AMP:-0}" = 1 ]; then
-    bench "bench_b${B}_amp" --batch "$B" --plain-mode amp --only floor,hyperformer++,adapters,lora,finetune
-  fi
-  if [ "$first" = 1 ] && [ "${BENCH_COMPILE:-0}" = 1 ]; then
-    bench "bench_b${B}_compiled" --batch "$B" --only floor,floor-compiled
-  fi
-  first=0
+  bench "bench_b$B" --batch "$B"
 done
+if [ "$EVAL" = 1 ]; then
+  bench "bench_eval" --eval-only --eval-n "$EVAL_N"
+fi
+if [ -n "$FIRST_B" ] && [ "${BENCH_AMP:-0}" = 1 ]; then
+  bench "bench_b${FIRST_B}_amp" --batch "$FIRST_B" --plain-mode amp --only floor,hyperformer++,adapters,lora,finetune
+fi
+if [ -n "$FIRST_B" ] && [ "${BENCH_COMPILE:-0}" = 1 ]; then
+  bench "bench_b${FIRST_B}_compiled" --batch "$FIRST_B" --only floor,floor-compiled
+fi
+if [ -n "$FIRST_B" ] && [ "${BENCH_PROFILE:-1}" = 1 ]; then
+  # a separate process: its steps run under torch.profiler (op and kernel counts per step, top ops);
+  # its timings are not the reported ones
+  TIMEOUT="${BENCH_PROFILE_TIMEOUT:-240}" bench "profile_b${FIRST_B}" --batch "$FIRST_B" --warmup 2 --steps 2 \
+      --profile-steps 2 --profile-dir "$OUT/profile_b${FIRST_B}"
+fi
 
 # ------------------------------------------------------------------------------------------ summary
 {
   echo "# hyperscale bench on $(grep '^gpu ' "$OUT/environment.txt" | head -n1 | cut -d' ' -f2- || true) ($(date -u +%Y-%m-%dT%H:%MZ))"
   grep -E '^(python|torch|transformers|deepspeed|peft) ' "$OUT/environment.txt"
   for f in "$OUT"/bench_*.md; do [ -f "$f" ] && { echo; echo "## $(basename "$f" .md)"; cat "$f"; }; done
+  for d in "$OUT"/profile_b*/; do
+    [ -d "$d" ] || continue
+    echo; echo "## $(basename "$d"): per-step counts under torch.profiler"
+    for f in "$d"*.txt; do echo "- $(basename "$f" .txt): $(sed -n 2p "$f" | sed 's/^# per step: //')"; done
+  done
 } > "$OUT/summary.md"
 log "done (status $STATUS); tables in $OUT/summary.md"
 cat "$OUT/summary.md"

@@ -593,7 +593,11 @@ def measure(name: str, s: BenchSettings, batch: dict, profile: bool = True) -> d
             if cuda:
                 peak = torch.cuda.max_memory_allocated()
         if s.profile_dir and profile:
-            row["profile"] = _profile(name, built, s)
+            try:
+                row["profile"] = _profile(name, built, s)
+            except Exception as e:  # a profiler failure must not cost the timings
+                traceback.print_exc(file=sys.stderr)
+                row["profile"] = {"error": f"{type(e).__name__}: {e}"[:500]}
         row.update(
             method=built.method, runner=built.runner, zero_stage=built.zero_stage, trainable_params=built.trainable,
             total_params=built.total, loss_first=losses[0], loss_last=losses[-1], note=built.note,

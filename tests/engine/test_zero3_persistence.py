@@ -27,6 +27,9 @@ def dist_env():
                       MASTER_PORT=str(_free_port()))
     deepspeed.init_distributed()
     yield
+    # leave no process group behind for later tests in this pytest process
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _engine(stage: int, persist: bool):
