@@ -8,6 +8,7 @@ intervals), ``evaluate``, ``save`` and ``load``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -192,7 +193,7 @@ class Recipe:
         return str(target)
 
     def _setup_model(self) -> None:
-        from .modeling.model import HyperscaleModel
+        from .modeling.model import HyperscaleConfig, HyperscaleModel
 
         m = self.cfg.model
         backbone = self._resolve_backbone()
@@ -202,11 +203,9 @@ class Recipe:
             from transformers.integrations import HfDeepSpeedConfig
 
             hf_ds_config = HfDeepSpeedConfig(self.ds_config)  # noqa: F841 (must stay alive while loading)
-        self.model = HyperscaleModel.from_backbone(
-            backbone, self.tasks, method=m.method, reduction_factor=m.reduction_factor,
-            task_embedding_dim=m.task_embedding_dim, layer_embedding_dim=m.layer_embedding_dim,
-            position_embedding_dim=m.position_embedding_dim, projector_hidden_dim=m.projector_hidden_dim,
-            conditioning_dim=m.conditioning_dim, train_layer_norms=m.train_layer_norms)
+        # the run config's model section names the architecture fields of HyperscaleConfig one to one
+        arch = {f.name: getattr(m, f.name) for f in dataclasses.fields(HyperscaleConfig) if hasattr(m, f.name)}
+        self.model = HyperscaleModel.from_backbone(backbone, self.tasks, **arch)
         if self.cfg.deepspeed.build_sharded:
             # drop HF's global ZeRO-3 switch: later loads (the export on rank 0) must build whole models
             del hf_ds_config
