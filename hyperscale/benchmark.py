@@ -809,7 +809,9 @@ def format_table(result: dict) -> str:
             f"{st['src_len']}+{st['tgt_len']} tokens, "
             f"median of {st['steps']} steps after {st['warmup']} warm-up")
     cols = ("configuration", "runner", "ms/step", "tokens/s", "peak MB", "x floor", "x plain", "trainable", "note")
-    lines = [head, "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    if st["rounds"] > 1:
+        head += f", {st['rounds']} interleaved rounds pooled"
+    lines = [head, "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"] if rows else []
     for r in rows:
         runner = r["runner"] or ""
         if r["zero_stage"] is not None:

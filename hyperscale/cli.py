@@ -72,10 +72,14 @@ def _predict(args: argparse.Namespace) -> int:
     from .training.evaluate import predict_task
 
     model, tokenizer = _load_export(args.export, args.backbone)
-    model.task_index(args.task) if model.bank is not None else None
     spec = get_task(args.task)
+    if model.bank is not None:
+        model.task_index(args.task)  # an unknown task fails here, listing the model's tasks
+    texts = list(args.texts)
+    if model.config.method == "finetune":  # trained with the task-name prefix (data.tasks.format_source)
+        texts = [t if t.startswith(spec.name + " ") else f"{spec.name} {t}" for t in texts]
     labels = None if spec.is_regression else list(spec.label_strings())
-    preds = predict_task(model, tokenizer, args.task, args.texts, mode=args.mode, label_strings=labels,
+    preds = predict_task(model, tokenizer, args.task, texts, mode=args.mode, label_strings=labels,
                          max_target_tokens=args.max_new_tokens or spec.max_target_length + 1, batch_size=32,
                          device=torch.device("cpu"), max_source_length=512)
     for text, pred in zip(args.texts, preds):

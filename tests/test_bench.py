@@ -47,10 +47,13 @@ def bench_run(tmp_path_factory) -> tuple[dict, str, subprocess.CompletedProcess]
            "--backbone", "t5-tiny", "--precision", "bf16", "--batch", "2", "--src-len", "16", "--tgt-len", "4",
            "--warmup", "1", "--steps", "2", "--zero-stages", "0,2,3", "--tasks", "rte,mrpc",
            "--eval", "--eval-n", "6", "--eval-batch", "3", "--eval-train-steps", "2",
+           "--profile-dir", str(out / "profile"), "--profile-steps", "1",
            "--json-out", str(out / "bench.json"), "--table-out", str(out / "bench.md")]
     proc = subprocess.run(cmd, cwd=str(REPO), env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text(), proc
+    result = json.loads((out / "bench.json").read_text())
+    result["_profile_files"] = sorted(p.name for p in (out / "profile").glob("*.txt"))
+    return result, (out / "bench.md").read_text(), proc
 
 
 def test_every_configuration_has_a_complete_row(bench_run):
@@ -76,6 +79,13 @@ def test_every_configuration_has_a_complete_row(bench_run):
     assert 0 < rows["adapters"]["trainable_params"] < rows["finetune"]["trainable_params"]
     assert rows["hyperformer++"]["trainable_params"] == rows["ds-zero2"]["trainable_params"]
     assert rows["finetune"]["trainable_params"] == rows["finetune"]["total_params"]
+    for row in result["rows"]:
+        if row["status"] == "ok":
+            assert len(row["times_ms"]) == 2 and row["rounds"] == 1
+            assert row["profile"]["aten_ops_per_step"] > 0, row["profile"]
+            assert f"{row['name'].replace('+', 'p')}.txt" in result["_profile_files"]
+    # the per-slot adapter hooks and the hypernetwork dispatch more ops than the bare backbone
+    assert rows["hyperformer++"]["profile"]["aten_ops_per_step"] > rows["floor"]["profile"]["aten_ops_per_step"]
 
 
 def test_ratios_are_against_the_floor_of_the_same_run(bench_run):
@@ -146,3 +156,17 @@ def test_ratios_without_floor_are_none():
             dict(benchmark._empty_row("ds-zero2", benchmark.BenchSettings()), ms_median=12.0, runner="deepspeed")]
     benchmark.add_ratios(rows)
     assert rows[0]["ratio_to_floor"] is None and rows[1]["ratio_to_plain"] == pytest.approx(1.2)
+
+
+def test_rounds_pool_timed_steps():
+    s = benchmark.BenchSettings(batch=2, src_len=3, tgt_len=1)
+    a = dict(benchmark._empty_row("floor", s), times_ms=[3.0, 1.0], rounds=1, peak_mem_mb=5.0, loss_last=1.0)
+    b = dict(benchmark._empty_row("floor", s), times_ms=[2.0, 10.0], rounds=1, peak_mem_mb=7.0, loss_last=0.5)
+    benchmark._set_stats(a, s)
+    merged = benchmark._merge_round(a, b, s)
+    assert merged["times_ms"] == [3.0, 1.0, 2.0, 10.0] and merged["rounds"] == 2 and merged["steps"] == 4
+    assert merged["ms_median"] == pytest.approx(2.5) and merged["ms_min"] == 1.0 and merged["ms_max"] == 10.0
+    assert merged["peak_mem_mb"] == 7.0 and merged["loss_last"] == 0.5
+    assert merged["tokens_per_s"] == pytest.approx(2 * 4 / 0.0025)
+    failed = dict(benchmark._empty_row("floor", s), status="error", error="boom")
+    assert benchmark._merge_round(merged, failed, s) is failed  # a failure in any round is reported

@@ -393,13 +393,18 @@ class HyperscaleModel(nn.Module):
         return model
 
     def load_trainable_state_dict(self, sd: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        expected = set(self.trainable_state_dict())
-        own = dict(self.named_parameters())
+        """Load trainable weights; a tied weight may come under any of its names (DeepSpeed's
+        consolidation writes T5's ``shared`` / ``embed_tokens`` / ``lm_head`` aliases separately)."""
+        own = dict(self.named_parameters(remove_duplicate=False))
+        trainable = {id(p): n for n, p in self.named_parameters() if p.requires_grad}
         unknown = [k for k in sd if k not in own]
-        missing = sorted(expected - set(sd))
-        if unknown or missing:
+        covered = {id(own[k]) for k in sd if k in own}
+        missing = sorted(n for i, n in trainable.items() if i not in covered)
+        frozen = [k for k in sd if k in own and id(own[k]) not in trainable]
+        if unknown or missing or frozen:
             raise ValueError(f"{source} does not fit this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
-                             f", unexpected {unknown[:5]}{'...' if len(unknown) > 5 else ''}")
+                             f", unexpected {unknown[:5]}{'...' if len(unknown) > 5 else ''}"
+                             + (f", frozen in this model {frozen[:5]}" if frozen else ""))
         with torch.no_grad():
             for k, v in sd.items():
                 if own[k].shape != v.shape:
