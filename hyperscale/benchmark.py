@@ -811,7 +811,11 @@ def format_table(result: dict) -> str:
     cols = ("configuration", "runner", "ms/step", "tokens/s", "peak MB", "x floor", "x plain", "trainable", "note")
     if st["rounds"] > 1:
         head += f", {st['rounds']} interleaved rounds pooled"
-    lines = [head, "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"] if rows else []
+    if rows:
+        lines = [head, "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    else:
+        lines = [f"hyperscale bench: {st['backbone']} on {st['device']} ({env.get('gpu') or env.get('cpu')}), "
+                 f"{st['precision']}, plain-mode {st['plain_mode']}"]
     for r in rows:
         runner = r["runner"] or ""
         if r["zero_stage"] is not None:

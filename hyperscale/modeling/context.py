@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple, Optional
 
 import torch
@@ -42,6 +42,16 @@ class AdapterContext:
     # per-example index into the task dimension T of the weights; None when T == 1
     example_index: Optional[torch.Tensor]
     ln_eps: float = 1e-5
+    # stack -> per slot, that slot's six tensors ([m, d]... when T == 1, else [T, m, d]...)
+    slots: dict[str, list[tuple[torch.Tensor, ...]]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # one unbind per tensor and forward instead of six index ops per slot in the hooks: fewer ops
+        # in the forward, and one gradient (a stack) per tensor in the backward instead of one per slot
+        self.slots = {}
+        for stack, w in self.weights.items():
+            parts = [t[0].unbind(0) if self.example_index is None else t.unbind(1) for t in w]
+            self.slots[stack] = list(zip(*parts))
 
 
 _ACTIVE: contextvars.ContextVar[Optional[AdapterContext]] = contextvars.ContextVar("hyperscale_adapter_context", default=None)

@@ -201,14 +201,8 @@ class HyperscaleModel(nn.Module):
                         "hyperscale adapter hook ran outside an adapter context: call the HyperscaleModel "
                         "(model(..., task_ids=...) / model.generate(..., task_ids=...)), not its backbone"
                     )
-                w = ctx.weights[stack]
                 y = output[0] if isinstance(output, tuple) else output
-                if ctx.example_index is None:
-                    out = apply_adapter(y, w.down_w[0, slot], w.down_b[0, slot], w.up_w[0, slot], w.up_b[0, slot],
-                                        w.gamma[0, slot], w.beta[0, slot], None, eps)
-                else:
-                    out = apply_adapter(y, w.down_w[:, slot], w.down_b[:, slot], w.up_w[:, slot], w.up_b[:, slot],
-                                        w.gamma[:, slot], w.beta[:, slot], ctx.example_index, eps)
+                out = apply_adapter(y, *ctx.slots[stack][slot], ctx.example_index, eps)
                 return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
 
             return hook
