@@ -112,6 +112,9 @@ SPECS: dict[str, Spec] = {
     "fp32-z2-resumed": Spec(2, "fp32", resume_of="fp32-z2"),
     "fp32-z0-1p": Spec(0, "fp32", nproc=1),
     "fp32-z0-1p-resumed": Spec(0, "fp32", nproc=1, resume_of="fp32-z0-1p"),
+    # ZeRO-3 with the backbone loaded straight into shards; bf16 ZeRO-1 (DeepSpeed's BF16_Optimizer files)
+    "fp32-z3-sharded": Spec(3, "fp32", extra=["deepspeed.build_sharded=true"]),
+    "bf16-z1": Spec(1, "bf16"),
 }
 
 
