@@ -101,13 +101,24 @@ class Recipe:
             raise FileNotFoundError(f"nothing to resume at {self.resume}")
         if self.rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(cfg.to_yaml())
-            (self.output_dir / "data_protocol.json").write_text(json.dumps(self.protocol, indent=2) + "\n")
+            self._write_once("config.yaml", cfg.to_yaml())
+            self._write_once("data_protocol.json", json.dumps(self.protocol, indent=2) + "\n")
         self.logger = RunLogger(self.output_dir, self.rank, cfg.logging.tensorboard,
                                 resume_step=self.state.step if resume_from is not None else None)
         if resume_from is None:
             self.logger.text("config", "```\n" + cfg.to_yaml() + "\n```")
         self._setup_preemption()
+
+    def _write_once(self, name: str, text: str) -> None:
+        """Write a run file; a resumed run whose file differs keeps the original and writes its own
+        version next to it (``config.resumed-step-00000400.yaml``), never overwriting what was written."""
+        path = self.output_dir / name
+        if path.exists() and path.read_text() != text:
+            stem, dot, ext = name.partition(".")
+            path = self.output_dir / f"{stem}.resumed-step-{self.state.step:08d}{dot}{ext}"
+            log0(f"{name} differs from the run's original; this resume's version: {path.name}")
+        if not path.exists():
+            path.write_text(text)
 
     def _check_output_dir(self) -> None:
         has_run = ckpt.find_latest(self.ckpt_root) is not None or (self.output_dir / "train_log.jsonl").exists()
@@ -506,7 +517,16 @@ class Recipe:
                 export_checkpoint(self.ckpt_root / self.last_tag, export_dir)
             summary["export"] = str(export_dir)
             results = getattr(self, "results", {})
-            (self.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            out = self.output_dir / "results.json"
+            if out.exists():  # a resumed run finishing again: keep the earlier summary under its step
+                try:
+                    earlier = max(int(r["step"]) for r in json.loads(out.read_text()).values())
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    earlier = "unknown"
+                keep = self.output_dir / f"results.step-{earlier}.json"
+                if not keep.exists():
+                    os.replace(out, keep)
+            out.write_text(json.dumps(results, indent=2) + "\n")
             print(format_results(results), flush=True)
             for k, v in summary.items():
                 print(f"{k:>12}: {v}", flush=True)
