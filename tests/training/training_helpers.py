@@ -115,6 +115,9 @@ SPECS: dict[str, Spec] = {
     # ZeRO-3 with the backbone loaded straight into shards; bf16 ZeRO-1 (DeepSpeed's BF16_Optimizer files)
     "fp32-z3-sharded": Spec(3, "fp32", extra=["deepspeed.build_sharded=true"]),
     "bf16-z1": Spec(1, "bf16"),
+    # generation-based eval under ZeRO-3 on 2 ranks (synced_gpus), an odd number of test examples per rank
+    "fp32-z3-generate": Spec(3, "fp32", extra=["eval.mode=generate", "data.tasks=[rte,stsb]", "data.n_test=15",
+                                                "train.max_steps=4"]),
 }
 
 
