@@ -150,11 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    func = getattr(args, "func", None)
-    if func is None:
-        func = args.run_func if hasattr(args, "run_func") else None
     try:
-        return int(func(args) or 0)
+        return int(args.func(args) or 0)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"hyperscale: error: {e}", file=sys.stderr)
         return 2

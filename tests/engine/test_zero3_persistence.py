@@ -12,7 +12,7 @@ import socket
 import pytest
 import torch
 
-deepspeed = pytest.importorskip("deepspeed")
+import deepspeed
 
 
 def _free_port() -> int:
