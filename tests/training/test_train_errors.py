@@ -4,7 +4,6 @@ checks of the variants."""
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest

@@ -8,7 +8,6 @@ DeepSpeed, must give the same outputs.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
