@@ -40,6 +40,26 @@ Timing: ``--warmup`` untimed steps, then ``--steps`` timed steps, each bracketed
 resident set size sampled every 5 ms over the same span, minus the RSS before building it (an
 approximation: memory freed by an earlier configuration and reused does not show).
 
+Building (``--build-dtype auto``, the default): the backbone and the adapter bank are constructed
+directly in the compute dtype (bf16 under ``--precision bf16``) and, on CUDA, directly on the device
+(``torch.device`` context + default dtype), so an 11B backbone never exists in fp32 or on the host
+(22 GB of bf16 weights instead of 44 GB fp32 plus the cast). ``--build-dtype fp32`` builds in fp32
+and casts, as the trainer does for a preset.
+
+``--gradient-checkpointing`` enables HF activation checkpointing (``gradient_checkpointing_enable(
+gradient_checkpointing_kwargs={"use_reentrant": False})``) on the backbone of every row; each row
+records whether it was active. ``HyperscaleModel`` replays its adapter context inside the recomputation.
+
+``--max-batch-search`` (DeepSpeed rows): after the rows are timed at ``--batch``, search the largest
+batch that fits for each ``ds-zeroN`` row: doubling from ``--batch`` up to ``--max-batch-cap``, then
+bisection down to ``--search-resolution``, within ``--search-seconds``. Each try builds the row afresh,
+runs one warm-up and ``--search-steps`` timed steps, and is freed completely (``engine.destroy()``,
+``gc.collect()``, ``torch.cuda.empty_cache()``) before the next; an out-of-memory error
+(``torch.cuda.OutOfMemoryError``) means "does not fit", any other error stops the search.
+``--fake-mem-limit-mb`` raises a simulated out-of-memory error in any row whose measured peak
+exceeds the limit (CPU: sampled RSS; CUDA: ``max_memory_allocated``): the search logic runs on a
+CPU, and a GPU run can ask what a smaller card would fit.
+
 The eval benchmark (``--eval``) compares rank classification with greedy generation
 (``hyperscale.training.evaluate``) on the same examples of a classification task.
 """
@@ -72,7 +92,9 @@ DEFAULT_TASKS = ("rte", "mrpc", "sst2", "cola", "stsb", "cb")
 ROW_FIELDS = ("name", "method", "runner", "zero_stage", "precision", "status", "ms_median", "ms_mean", "ms_min",
               "ms_max", "steps", "tokens_per_s", "peak_mem_mb", "mem_metric", "ratio_to_floor", "ratio_to_plain",
               "trainable_params", "total_params", "loss_first", "loss_last", "note", "error", "rounds",
-              "times_ms")
+              "times_ms", "batch", "gradient_checkpointing", "oom")
+SEARCH_FIELDS = ("row", "start", "cap", "resolution", "budget_s", "status", "max_batch", "first_failing_batch",
+                 "failure", "best", "tries", "elapsed_s", "predicted_max_batch", "limit_mb")
 
 
 # =============================================================================================== settings
@@ -97,6 +119,16 @@ class BenchSettings:
     rounds: int = 1
     profile_dir: Optional[str] = None
     profile_steps: int = 3
+    gradient_checkpointing: bool = False
+    build_dtype: str = "auto"  # "auto": build in the compute dtype, on the device; "fp32": build fp32, cast
+    process_warmup: bool = True
+    # largest-batch search (DeepSpeed rows)
+    max_batch_search: bool = False
+    max_batch_cap: int = 4096
+    search_seconds: float = 300.0
+    search_steps: int = 2
+    search_resolution: int = 1
+    fake_mem_limit_mb: Optional[float] = None
     # eval benchmark
     eval: bool = False
     eval_task: str = "rte"
@@ -157,9 +189,23 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         profile_dir=args.profile_dir, profile_steps=args.profile_steps,
         eval=bool(args.eval or args.eval_only), eval_task=args.eval_task, eval_n=args.eval_n,
         eval_batch=args.eval_batch, eval_train_steps=args.eval_train_steps,
+        gradient_checkpointing=bool(args.gradient_checkpointing), build_dtype=args.build_dtype,
+        process_warmup=not args.no_process_warmup, max_batch_search=bool(args.max_batch_search),
+        max_batch_cap=args.max_batch_cap, search_seconds=args.search_seconds, search_steps=args.search_steps,
+        search_resolution=args.search_resolution, fake_mem_limit_mb=args.fake_mem_limit_mb,
     )
     if min(s.batch, s.src_len, s.tgt_len, s.steps, s.rounds) < 1 or s.warmup < 0:
         raise ValueError("--batch, --src-len, --tgt-len, --steps and --rounds must be >= 1, --warmup >= 0")
+    if s.max_batch_search:
+        if not any(c.startswith("ds-zero") for c in s.configs):
+            raise ValueError("--max-batch-search searches the DeepSpeed rows: select at least one ds-zeroN row "
+                             "(--only ds-zero2, or --zero-stages)")
+        if s.max_batch_cap < s.batch:
+            raise ValueError(f"--max-batch-cap {s.max_batch_cap} is below --batch {s.batch}")
+        if min(s.search_steps, s.search_resolution) < 1 or s.search_seconds <= 0:
+            raise ValueError("--search-steps and --search-resolution must be >= 1, --search-seconds > 0")
+    if s.fake_mem_limit_mb is not None and s.fake_mem_limit_mb <= 0:
+        raise ValueError("--fake-mem-limit-mb must be > 0")
     if s.eval and s.eval_task not in s.tasks:
         s.tasks = s.tasks + [s.eval_task]
     return s
@@ -236,9 +282,52 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+class SimulatedOutOfMemoryError(RuntimeError):
+    """Raised by ``--fake-mem-limit-mb`` when a row's measured peak exceeds the limit: treated exactly like
+    ``torch.cuda.OutOfMemoryError`` (the largest-batch search runs on a CPU)."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` means "does not fit in memory" (CUDA OOM, the simulated one, a failed CPU allocation)."""
+    import torch
+
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                  getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)) if t is not None)
+    if isinstance(exc, (SimulatedOutOfMemoryError, MemoryError)) or (oom_types and isinstance(exc, oom_types)):
+        return True
+    msg = str(exc)  # older or wrapped forms of the same failures
+    return isinstance(exc, RuntimeError) and ("CUDA out of memory" in msg or "can't allocate memory" in msg)
+
+
+def build_dtype(s: BenchSettings):
+    """The dtype the backbone and adapters are constructed in (see ``--build-dtype``)."""
+    import torch
+
+    if s.build_dtype == "fp32" or s.precision == "fp32":
+        return torch.float32
+    return torch.bfloat16
+
+
+@contextlib.contextmanager
+def build_context(s: BenchSettings):
+    """Construct modules directly in ``build_dtype(s)`` (default-dtype switch) and, on CUDA, directly on the
+    device: a t5-v1_1-xxl backbone is then 22 GB of bf16 on the GPU, never 44 GB of fp32 on the host."""
+    import torch
+
+    old = torch.get_default_dtype()
+    with contextlib.ExitStack() as stack:
+        if s.device == "cuda":
+            stack.enter_context(torch.device("cuda"))
+        torch.set_default_dtype(build_dtype(s))
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(old)
+
+
 def _new_backbone(s: BenchSettings):
     """The preset backbone as the trainer builds it (``load_backbone``), randomly initialised from the same
-    seed for every configuration, created directly on the device."""
+    seed for every configuration, created directly on the device in ``build_dtype(s)``."""
     import torch
 
     from .modeling.model import load_backbone
@@ -246,11 +335,32 @@ def _new_backbone(s: BenchSettings):
     torch.manual_seed(s.seed)
     if s.device == "cuda":
         try:
-            with torch.device("cuda"):
+            with build_context(s):
                 return load_backbone(s.preset)[0]
-        except Exception:  # pragma: no cover - fall back to building on the host
+        except Exception as e:  # pragma: no cover - fall back to building on the host
+            if is_oom(e):
+                raise
+            print(f"[bench] building on the device failed ({type(e).__name__}: {e}); building on the host",
+                  file=sys.stderr, flush=True)
             torch.manual_seed(s.seed)
-    return load_backbone(s.preset)[0].to(s.device)
+    host = dataclasses.replace(s, device="cpu")
+    with build_context(host):
+        return load_backbone(s.preset)[0].to(s.device)
+
+
+def enable_checkpointing(backbone, s: BenchSettings) -> None:
+    """``--gradient-checkpointing``: HF activation checkpointing (non-reentrant), as the trainer enables it."""
+    import warnings
+
+    if not s.gradient_checkpointing:
+        return
+    with warnings.catch_warnings():  # transformers 5.2x renames it (activation_checkpointing_enable)
+        warnings.simplefilter("ignore", FutureWarning)
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def checkpointing_active(backbone) -> bool:
+    return any(bool(getattr(m, "gradient_checkpointing", False)) for m in backbone.modules())
 
 
 def _make_batch(s: BenchSettings, vocab: int) -> dict:
@@ -359,14 +469,17 @@ class _Built:
     note: str = ""
     cleanup: Callable[[], None] = lambda: None
     keep: list = field(default_factory=list)  # objects to keep alive until cleanup
+    checkpointing: bool = False  # activation checkpointing active in the backbone
 
 
 def _hyperscale_model(s: BenchSettings, method: str):
     from .modeling.model import HyperscaleModel
 
-    model = HyperscaleModel.from_backbone(_new_backbone(s), s.tasks, method=method,
-                                          reduction_factor=s.reduction_factor)
-    return model.to(s.device)  # the adapter bank is built on the host
+    backbone = _new_backbone(s)
+    with build_context(s):  # the adapter bank: same dtype and device as the backbone
+        model = HyperscaleModel.from_backbone(backbone, s.tasks, method=method, reduction_factor=s.reduction_factor)
+    enable_checkpointing(model.backbone, s)
+    return model.to(s.device)
 
 
 def _build_floor(s: BenchSettings, batch: dict, compiled: bool = False) -> _Built:
@@ -375,6 +488,7 @@ def _build_floor(s: BenchSettings, batch: dict, compiled: bool = False) -> _Buil
     bb = _new_backbone(s)
     bb.requires_grad_(False)
     bb.train()
+    enable_checkpointing(bb, s)
     _, autocast = _prepare_plain(bb, [], s)
     embed = bb.get_input_embeddings()
     fwd = torch.compile(bb) if compiled else bb
@@ -391,7 +505,8 @@ def _build_floor(s: BenchSettings, batch: dict, compiled: bool = False) -> _Buil
 
     trainable, total = _count(bb)
     note = "torch.compile(backbone)" if compiled else ""
-    return _Built(step, "none (frozen backbone)", "plain", trainable, total, note=note, keep=[bb])
+    return _Built(step, "none (frozen backbone)", "plain", trainable, total, note=note, keep=[bb],
+                  checkpointing=checkpointing_active(bb))
 
 
 def _plain_step(model, opt: Optional[_PlainOptimizer], autocast: Callable, batch: dict, with_tasks: bool):
@@ -418,15 +533,17 @@ def _build_method(s: BenchSettings, batch: dict, method: str) -> _Built:
     opt, autocast = _prepare_plain(model, trainable, s)
     n_tr, n_tot = _count(model)
     return _Built(_plain_step(model, opt, autocast, batch, model.bank is not None), method, "plain", n_tr, n_tot,
-                  keep=[model, opt])
+                  keep=[model, opt], checkpointing=checkpointing_active(model.backbone))
 
 
 def _build_lora(s: BenchSettings, batch: dict) -> _Built:
     import peft
 
     bb = _new_backbone(s)
+    enable_checkpointing(bb, s)
     cfg = peft.LoraConfig(r=s.lora_r, target_modules=["q", "v"], task_type="SEQ_2_SEQ_LM")
-    model = peft.get_peft_model(bb, cfg)
+    with build_context(s):  # the LoRA matrices: same dtype and device as the backbone
+        model = peft.get_peft_model(bb, cfg)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt, autocast = _prepare_plain(model, trainable, s)
@@ -434,7 +551,7 @@ def _build_lora(s: BenchSettings, batch: dict) -> _Built:
     note = (f"peft {peft.__version__}: LoraConfig(r={cfg.r}, lora_alpha={cfg.lora_alpha}, "
             f"lora_dropout={cfg.lora_dropout}, target_modules=q,v)")
     return _Built(_plain_step(model, opt, autocast, batch, False), f"lora r={s.lora_r} (q,v)", "plain", n_tr,
-                  n_tot, note=note, keep=[model, opt])
+                  n_tot, note=note, keep=[model, opt], checkpointing=checkpointing_active(bb))
 
 
 def trainer_ds_config(s: BenchSettings, stage: int) -> dict:
@@ -458,8 +575,10 @@ def _build_deepspeed(s: BenchSettings, batch: dict, stage: int) -> _Built:
     note = ""
 
     def init(config: dict):
+        # built on the device in the compute dtype (--build-dtype auto): the engine's bf16 cast is then a
+        # no-op; --build-dtype fp32 hands it an fp32 module, as the trainer does, and the engine casts it
         model = _hyperscale_model(s, "hyperformer++")
-        model.to(s.device)  # as the trainer: fp32 module, the engine casts it for bf16
+        model.to(s.device)
         params = [p for p in model.parameters() if p.requires_grad]
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
         return model, engine
@@ -492,7 +611,7 @@ def _build_deepspeed(s: BenchSettings, batch: dict, stage: int) -> _Built:
         engine.destroy()
 
     return _Built(step, "hyperformer++", "deepspeed", n_tr, n_tot, zero_stage=stage, note=note, cleanup=cleanup,
-                  keep=[model, engine])
+                  keep=[model, engine], checkpointing=checkpointing_active(model.backbone))
 
 
 def _build(name: str, s: BenchSettings, batch: dict) -> _Built:
@@ -519,7 +638,7 @@ def _peft_available() -> bool:
 
 def _empty_row(name: str, s: BenchSettings) -> dict:
     row = {k: None for k in ROW_FIELDS}
-    row.update(name=name, precision=s.precision, status="ok", note="")
+    row.update(name=name, precision=s.precision, status="ok", note="", batch=s.batch)
     return row
 
 
@@ -577,6 +696,12 @@ def measure(name: str, s: BenchSettings, batch: dict, profile: bool = True) -> d
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     sampler = _RssSampler() if not cuda else None
+
+    def peak_mb() -> float:
+        if cuda:
+            return torch.cuda.max_memory_allocated() / 2**20
+        return (max(sampler.peak, sampler.rss()) - sampler.start_rss) / 2**20
+
     try:
         with (sampler if sampler is not None else contextlib.nullcontext()):
             built = _build(name, s, batch)
@@ -590,8 +715,15 @@ def measure(name: str, s: BenchSettings, batch: dict, profile: bool = True) -> d
                 if i >= s.warmup:
                     times.append(dt)
                     losses.append(float(loss.detach()))
+                if s.fake_mem_limit_mb is not None and peak_mb() > s.fake_mem_limit_mb:
+                    raise SimulatedOutOfMemoryError(
+                        f"simulated out of memory: peak {peak_mb():.1f} MB > --fake-mem-limit-mb "
+                        f"{s.fake_mem_limit_mb:g} after step {i + 1}")
             if cuda:
                 peak = torch.cuda.max_memory_allocated()
+        if s.fake_mem_limit_mb is not None and peak_mb() > s.fake_mem_limit_mb:  # the sampler's last reading
+            raise SimulatedOutOfMemoryError(f"simulated out of memory: peak {peak_mb():.1f} MB > "
+                                            f"--fake-mem-limit-mb {s.fake_mem_limit_mb:g}")
         if s.profile_dir and profile:
             try:
                 row["profile"] = _profile(name, built, s)
@@ -601,7 +733,7 @@ def measure(name: str, s: BenchSettings, batch: dict, profile: bool = True) -> d
         row.update(
             method=built.method, runner=built.runner, zero_stage=built.zero_stage, trainable_params=built.trainable,
             total_params=built.total, loss_first=losses[0], loss_last=losses[-1], note=built.note,
-            times_ms=[t * 1000.0 for t in times], rounds=1,
+            times_ms=[t * 1000.0 for t in times], rounds=1, gradient_checkpointing=built.checkpointing,
         )
         _set_stats(row, s)
         if cuda:
@@ -612,10 +744,22 @@ def measure(name: str, s: BenchSettings, batch: dict, profile: bool = True) -> d
         if not all(math.isfinite(x) for x in losses):
             row["note"] = (row["note"] + "; " if row["note"] else "") + "non-finite loss"
     except Exception as e:  # one failing configuration must not cost the others (a GPU run is not repeatable)
-        traceback.print_exc(file=sys.stderr)
-        row.update(status="error", error=f"{type(e).__name__}: {e}"[:2000])
+        oom = is_oom(e)
+        if oom:  # expected during a largest-batch search: one line, not a traceback
+            print(f"[bench] {name} at batch {s.batch}: out of memory ({type(e).__name__}: {str(e)[:300]})",
+                  file=sys.stderr, flush=True)
+        else:
+            traceback.print_exc(file=sys.stderr)
+        row.update(status="error", error=f"{type(e).__name__}: {e}"[:2000], oom=oom)
+        try:  # how far it got: the peak up to the failure
+            row.update(peak_mem_mb=peak_mb(), mem_metric=("cuda max_memory_allocated" if cuda else
+                                                          "cpu sampled peak RSS minus RSS before build"))
+        except Exception:  # pragma: no cover
+            pass
         if built is not None:
-            row.update(method=built.method, runner=built.runner, zero_stage=built.zero_stage)
+            row.update(method=built.method, runner=built.runner, zero_stage=built.zero_stage,
+                       gradient_checkpointing=built.checkpointing)
+        del e  # its traceback holds the failed step's frames (activations): drop it before freeing memory
     finally:
         if built is not None:
             try:
@@ -627,6 +771,8 @@ def measure(name: str, s: BenchSettings, batch: dict, profile: bool = True) -> d
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
+    if row["oom"] is None and row["status"] == "ok":
+        row["oom"] = False
     if name.startswith("ds-zero") and row["runner"] is None:
         row.update(method="hyperformer++", runner="deepspeed", zero_stage=int(name.removeprefix("ds-zero")))
     return row
@@ -654,12 +800,18 @@ def _merge_round(old: dict, new: dict, s: BenchSettings) -> dict:
 def _process_warmup(s: BenchSettings, batch: dict) -> None:
     """One untimed floor step first, so lazy one-time initialisation (kernels, allocator, library state)
     is charged to no configuration's time or memory."""
+    if not s.process_warmup:
+        return
     built = _build_floor(s, batch)
     built.step()
     _sync(s.device)
     built.keep.clear()
     del built
     gc.collect()
+    if s.device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -674,6 +826,181 @@ def add_ratios(rows: list[dict]) -> None:
         r["ratio_to_floor"] = r["ms_median"] / floor if floor else None
         if r["runner"] == "deepspeed":
             r["ratio_to_plain"] = r["ms_median"] / plain if plain else None
+
+
+# =============================================================================================== largest batch
+def _try_outcome(t: dict) -> str:
+    return t["status"] if t["status"] in ("ok", "oom") else "error"
+
+
+def search_max_batch(try_batch: Callable[[int], dict], start: int, cap: int, resolution: int = 1,
+                     budget_s: float = math.inf, first: Optional[dict] = None,
+                     clock: Callable[[], float] = time.monotonic,
+                     on_try: Optional[Callable[[dict], None]] = None) -> dict:
+    """The largest batch size that runs: doubling from ``start`` up to ``cap``, then bisection until the
+    bracket (largest fit, smallest failure) is at most ``resolution`` wide (when nothing has fit yet, the
+    bisection goes on down to batch 1).
+
+    ``try_batch(b)`` runs one try and returns a dict with ``batch``, ``status`` ("ok", "oom" or
+    "error"), ``seconds`` and whatever else it measured; ``first``, if given, is the already measured
+    try at ``start``. An out-of-memory try bounds the search from above; any other error stops it
+    (status "error": the device may be unusable after it). A try is not started when the time spent
+    plus its estimate exceeds ``budget_s``: the last fitting try's duration, its stepping part
+    (``step_s``, if given) scaled by the batch ratio, the rest (building) taken as fixed.
+    Returns {status: converged | cap | budget | error, max_batch, first_failing_batch, failure, tries}.
+    """
+    if start < 1 or cap < start or resolution < 1:
+        raise ValueError(f"bad search bounds: start {start}, cap {cap}, resolution {resolution}")
+    t0 = clock()
+    tries: list[dict] = []
+    state: dict[str, Any] = {"lo": 0, "hi": None, "failure": None, "last_ok": None, "error": False}
+
+    def run(b: int) -> None:
+        t = first if (first is not None and b == start and not tries) else try_batch(b)
+        t = dict(t, batch=b)
+        tries.append(t)
+        outcome = _try_outcome(t)
+        if outcome == "ok":
+            if b > state["lo"]:
+                state["lo"] = b
+            state["last_ok"] = t
+        else:
+            if state["hi"] is None or b < state["hi"]:
+                state["hi"], state["failure"] = b, outcome
+            state["error"] = state["error"] or outcome == "error"
+        if on_try is not None:
+            on_try(t)
+
+    def over_budget(b: int) -> bool:
+        spent = clock() - t0
+        last = state["last_ok"]
+        estimate = 0.0
+        if last is not None and last.get("seconds"):
+            total = float(last["seconds"])
+            stepping = min(total, float(last.get("step_s") or total))
+            estimate = total - stepping + stepping * max(1.0, b / last["batch"])
+        return spent + estimate > budget_s
+
+    status = None
+    run(start)
+    while status is None and not state["error"] and state["hi"] is None:  # doubling
+        if state["lo"] >= cap:
+            status = "cap"
+            break
+        nxt = min(2 * state["lo"], cap)
+        if over_budget(nxt):
+            status = "budget"
+            break
+        run(nxt)
+    # bisection; until something fits, down to batch 1 whatever the resolution
+    while status is None and not state["error"] and state["hi"] - state["lo"] > (resolution if state["lo"] else 1):
+        mid = (state["lo"] + state["hi"]) // 2
+        if over_budget(mid):
+            status = "budget"
+            break
+        run(mid)
+    if state["error"]:
+        status = "error"
+    best = next((t for t in tries if t["batch"] == state["lo"] and _try_outcome(t) == "ok"), None)
+    return {"status": status or "converged", "max_batch": state["lo"] or None,
+            "first_failing_batch": state["hi"], "failure": state["failure"], "best": best, "tries": tries,
+            "elapsed_s": clock() - t0}
+
+
+def _linear_max_batch(tries: list[dict], limit_mb: Optional[float]) -> Optional[int]:
+    """Extrapolate the largest batch from the peaks of the two largest fitting tries (peak = a + b x batch):
+    the slope near the boundary, untouched by one-time costs of the first build (CPU RSS shows them)."""
+    pts = {t["batch"]: t["peak_mem_mb"] for t in tries if t["status"] == "ok" and t.get("peak_mem_mb")}
+    if limit_mb is None or len(pts) < 2:
+        return None
+    (b0, m0), (b1, m1) = sorted(pts.items())[-2:]
+    slope = (m1 - m0) / (b1 - b0)
+    if slope <= 0:
+        return None
+    return int(b1 + (limit_mb - m1) // slope)
+
+
+def _try_summary(row: dict, seconds: float, warmup: int) -> dict:
+    status = "ok" if row["status"] == "ok" else ("oom" if row.get("oom") else "error")
+    step_s = None if row["ms_median"] is None else row["ms_median"] * (row["steps"] + warmup) / 1000.0
+    return {"batch": row["batch"], "status": status, "ms_median": row["ms_median"],
+            "tokens_per_s": row["tokens_per_s"], "peak_mem_mb": row["peak_mem_mb"], "steps": row["steps"],
+            "loss_last": row["loss_last"], "seconds": seconds, "step_s": step_s,
+            "error": (row["error"] or None) and row["error"][:300]}
+
+
+def device_memory_mb(s: BenchSettings) -> Optional[float]:
+    """The limit the search runs against: ``--fake-mem-limit-mb``, else the CUDA device's total memory."""
+    if s.fake_mem_limit_mb is not None:
+        return float(s.fake_mem_limit_mb)
+    if s.device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory / 2**20
+    return None
+
+
+def run_max_batch_search(name: str, s: BenchSettings, first_row: Optional[dict], vocab: int,
+                         on_update: Optional[Callable[[dict], None]] = None, first_seconds: float = 0.0) -> dict:
+    """``--max-batch-search`` for row ``name``: each try is a fresh ``measure`` at that batch (one warm-up,
+    ``search_steps`` timed steps), freed completely before the next. ``first_row`` is the row already
+    measured at ``s.batch`` (the start)."""
+    limit = device_memory_mb(s)
+    rows: dict[int, dict] = {}
+    out: dict[str, Any] = {k: None for k in SEARCH_FIELDS}
+    out.update(row=name, start=s.batch, cap=s.max_batch_cap, resolution=s.search_resolution,
+               budget_s=s.search_seconds, status="running", limit_mb=limit, tries=[],
+               gradient_checkpointing=s.gradient_checkpointing,
+               try_steps=f"1 warm-up + {s.search_steps} timed (the start: the row's own)")
+
+    def allocated() -> Optional[int]:
+        if s.device != "cuda":
+            return None
+        import torch
+
+        gc.collect()
+        return torch.cuda.memory_allocated()
+
+    def try_batch(b: int) -> dict:
+        sb = dataclasses.replace(s, batch=b, warmup=1, steps=s.search_steps, profile_dir=None, rounds=1)
+        print(f"[bench] max-batch search {name}: batch {b} ...", file=sys.stderr, flush=True)
+        before = allocated()
+        t0 = time.perf_counter()
+        batch = _make_batch(sb, vocab)
+        row = measure(name, sb, batch, profile=False)
+        del batch
+        seconds = time.perf_counter() - t0
+        rows[b] = row
+        t = _try_summary(row, seconds, 1)
+        after = allocated()
+        # memory a try left allocated would shrink every later try: made visible, not hidden
+        t["leftover_mb"] = None if before is None else (after - before) / 2**20
+        return t
+
+    def on_try(t: dict) -> None:
+        out["tries"].append(t)
+        out["predicted_max_batch"] = _linear_max_batch(out["tries"], limit)
+        if on_update is not None:
+            on_update(out)
+
+    if name == "ds-zero3":
+        out["note"] = ("ZeRO-3: DeepSpeed 0.19.8 keeps each engine's module alive after engine.destroy() "
+                       "(partition_parameters.Init / PartitionedParameterCoordinator refer to it; seen on CPU), "
+                       "so later tries carry earlier tries' weights: a lower bound; see leftover_mb")
+    first = None
+    if first_row is not None:
+        rows[s.batch] = first_row
+        first = _try_summary(first_row, first_seconds, s.warmup * s.rounds)
+    res = search_max_batch(try_batch, s.batch, s.max_batch_cap, s.search_resolution, s.search_seconds, first=first,
+                           on_try=on_try)
+    best_row = rows.get(res["max_batch"]) if res["max_batch"] else None
+    out.update(status=res["status"], max_batch=res["max_batch"], first_failing_batch=res["first_failing_batch"],
+               failure=res["failure"], elapsed_s=res["elapsed_s"],
+               best=best_row)
+    out["predicted_max_batch"] = _linear_max_batch(out["tries"], limit)
+    if on_update is not None:
+        on_update(out)
+    return out
 
 
 # =============================================================================================== eval benchmark
@@ -811,6 +1138,10 @@ def format_table(result: dict) -> str:
     cols = ("configuration", "runner", "ms/step", "tokens/s", "peak MB", "x floor", "x plain", "trainable", "note")
     if st["rounds"] > 1:
         head += f", {st['rounds']} interleaved rounds pooled"
+    if st.get("gradient_checkpointing"):
+        head += ", activation checkpointing (HF, non-reentrant) on every row"
+    if st.get("fake_mem_limit_mb") is not None:
+        head += f", simulated memory limit {st['fake_mem_limit_mb']:g} MB"
     if rows:
         lines = [head, "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     else:
@@ -825,10 +1156,14 @@ def format_table(result: dict) -> str:
             note = "ERROR " + (r["error"] or "")[:160]
         elif r["status"] == "skipped":
             note = "skipped: " + note
+        if st.get("gradient_checkpointing") and r["status"] == "ok" and not r.get("gradient_checkpointing"):
+            note = "checkpointing NOT active; " + note
         lines.append("| " + " | ".join([
             r["name"], runner, _fmt(r["ms_median"], ".1f"), _fmt(r["tokens_per_s"], ",.0f"),
             _fmt(r["peak_mem_mb"], ",.0f"), _fmt(r["ratio_to_floor"], ".2f"), _fmt(r["ratio_to_plain"], ".2f"),
             _fmt(r["trainable_params"], ","), note.replace("|", "/")]) + " |")
+    for sr in result.get("max_batch_search") or []:
+        lines.append(format_search(sr))
     ev = result.get("eval")
     if ev:
         if "error" in ev:
@@ -841,6 +1176,37 @@ def format_table(result: dict) -> str:
                 f"ms/example ({_fmt(ev['speedup'], '.1f')}x); valid generations {ev['valid_generations']}/{ev['n']}, "
                 f"agreement with rank classification on those {agree}")
     return "\n".join(lines)
+
+
+def format_search(sr: dict) -> str:
+    """One line per largest-batch search: the largest batch that fit, its timing and memory, the bracket."""
+    if not sr:
+        return "max batch: not started"
+    name = sr.get("row", "?")
+    if sr.get("status") == "error" and not sr.get("tries"):
+        return f"max batch ({name}): ERROR {str(sr.get('error'))[:200]}"
+    tries = sr.get("tries") or []
+    fits = ", ".join(f"{t['batch']}{'' if t['status'] == 'ok' else ' ' + t['status'].upper()}" for t in tries)
+    lim = sr.get("limit_mb")
+    text = f"max batch ({name}, {sr.get('status')}"
+    text += f", limit {lim:,.0f} MB" if lim else ""
+    text += f", {sr['elapsed_s']:.0f} s" if sr.get("elapsed_s") is not None else ""
+    text += "): "
+    best = sr.get("best")
+    if sr.get("max_batch") and best:
+        text += (f"{sr['max_batch']} fits: {_fmt(best.get('ms_median'), '.1f')} ms/step, "
+                 f"{_fmt(best.get('tokens_per_s'), ',.0f')} tokens/s, {_fmt(best.get('peak_mem_mb'), ',.0f')} MB peak")
+    elif sr.get("status") == "running":
+        text += "running"
+    else:
+        text += "no batch fits"
+    if sr.get("first_failing_batch"):
+        text += f"; {sr['first_failing_batch']} does not ({sr.get('failure')})"
+    elif sr.get("status") == "cap":
+        text += f"; cap {sr.get('cap')} reached"
+    if sr.get("predicted_max_batch") is not None:
+        text += f"; linear extrapolation of the peaks: {sr['predicted_max_batch']:,}"
+    return text + f"; tries: {fits}"
 
 
 def run_benchmark(s: BenchSettings, on_update: Optional[Callable[[dict], None]] = None) -> dict:
@@ -861,14 +1227,18 @@ def run_benchmark(s: BenchSettings, on_update: Optional[Callable[[dict], None]] 
     if s.configs:
         from .modeling.presets import preset_config
 
-        batch = _make_batch(s, preset_config(s.preset).vocab_size)
+        vocab = preset_config(s.preset).vocab_size
+        batch = _make_batch(s, vocab)
         _process_warmup(s, batch)
+        seconds: dict[str, float] = {}
         for rnd in range(s.rounds):
             # several rounds interleave the configurations: slow drifts of a shared machine's load
             # then hit every configuration alike
             for i, name in enumerate(s.configs):
                 print(f"[bench] {name} (round {rnd + 1}/{s.rounds}) ...", file=sys.stderr, flush=True)
+                t0 = time.perf_counter()
                 row = measure(name, s, batch, profile=rnd == 0)
+                seconds[name] = time.perf_counter() - t0
                 if rnd == 0:
                     rows.append(row)
                 else:
@@ -876,6 +1246,30 @@ def run_benchmark(s: BenchSettings, on_update: Optional[Callable[[dict], None]] 
                 add_ratios(rows)
                 if on_update is not None:
                     on_update(result)
+        if s.max_batch_search:
+            del batch
+            gc.collect()
+            searches: list[dict] = []
+            result["max_batch_search"] = searches
+            for i, name in enumerate(s.configs):
+                if not name.startswith("ds-zero"):
+                    continue
+                searches.append({})
+
+                def update(partial: dict, _k: int = len(searches) - 1) -> None:
+                    searches[_k] = partial
+                    if on_update is not None:
+                        on_update(result)
+
+                print(f"[bench] max-batch search {name} from batch {s.batch} ...", file=sys.stderr, flush=True)
+                try:
+                    run_max_batch_search(name, s, rows[i], vocab, update, first_seconds=seconds.get(name, 0.0))
+                except Exception as e:  # the timed rows above must survive a failing search
+                    traceback.print_exc(file=sys.stderr)
+                    searches[-1] = dict(searches[-1] or {"row": name}, status="error",
+                                        error=f"{type(e).__name__}: {e}"[:2000])
+                    if on_update is not None:
+                        on_update(result)
     if s.eval:
         print("[bench] eval ...", file=sys.stderr, flush=True)
         try:
@@ -913,6 +1307,25 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (CPU); 1 gives stable numbers on a shared machine")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="HF activation checkpointing (non-reentrant) on the backbone of every row")
+    p.add_argument("--build-dtype", choices=("auto", "fp32"), default="auto",
+                   help="auto: construct the backbone and adapters directly in the compute dtype (bf16 under "
+                        "--precision bf16), on the device; fp32: construct in fp32 and cast (the trainer's path)")
+    p.add_argument("--no-process-warmup", action="store_true",
+                   help="skip the untimed floor step before the first row (saves a big backbone's extra build)")
+    p.add_argument("--max-batch-search", action="store_true",
+                   help="after timing, search the largest batch that fits for each ds-zeroN row: doubling from "
+                        "--batch, then bisection; out-of-memory means 'does not fit'")
+    p.add_argument("--max-batch-cap", type=int, default=4096, help="largest batch the search tries")
+    p.add_argument("--search-seconds", type=float, default=300.0,
+                   help="time budget of each search (no try starts that would likely end after it)")
+    p.add_argument("--search-steps", type=int, default=2, help="timed steps per search try (after one warm-up)")
+    p.add_argument("--search-resolution", type=int, default=1,
+                   help="stop bisecting when largest fit and smallest failure are this close")
+    p.add_argument("--fake-mem-limit-mb", type=float, default=None,
+                   help="simulate a device of this many MB: a row whose measured peak exceeds it fails with a "
+                        "simulated out-of-memory error (CPU: sampled RSS; CUDA: max_memory_allocated)")
     p.add_argument("--profile-dir", default=None, help="also profile each configuration (torch.profiler) into DIR")
     p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--json-out", default=None, help="write the result as JSON here")
@@ -950,9 +1363,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     result = run_benchmark(s, on_update=write)
     write(result)
     print(format_table(result), flush=True)
-    failed = [r["name"] for r in result["rows"] if r["status"] == "error"]
+    # with --max-batch-search an out-of-memory row at the start batch is a search result, not a failure
+    failed = [r["name"] for r in result["rows"] if r["status"] == "error" and not (s.max_batch_search and r["oom"])]
     if "error" in (result.get("eval") or {}):
         failed.append("eval")
+    failed += [f"max-batch search {sr.get('row')}" for sr in result.get("max_batch_search") or []
+               if sr.get("status") == "error"]
     if failed:
         print(f"[bench] failed: {', '.join(failed)}", file=sys.stderr)
         return 1

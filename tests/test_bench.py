@@ -1,7 +1,10 @@
 """``hyperscale bench`` as a CPU smoke test: every configuration (the floor, HyperFormer++ in a plain loop,
 static adapters, LoRA when peft is importable, full fine-tuning, and HyperFormer++ under DeepSpeed ZeRO
 0/2/3 in one process) runs on the tiny backbone, the JSON has every row and field, and ratios are taken
-against the floor measured in the same run. No timing is asserted.
+against the floor measured in the same run. No timing is asserted. Also: activation checkpointing
+(applied, recorded, numerically neutral), construction in the compute dtype, the largest-batch search
+(its logic exactly; end to end through ``benchmarks/gpu_run.sh --dry-run``'s 11B phase, with a tiny
+backbone and a simulated memory limit).
 """
 from __future__ import annotations
 
@@ -170,3 +173,171 @@ def test_rounds_pool_timed_steps():
     assert merged["tokens_per_s"] == pytest.approx(2 * 4 / 0.0025)
     failed = dict(benchmark._empty_row("floor", s), status="error", error="boom")
     assert benchmark._merge_round(merged, failed, s) is failed  # a failure in any round is reported
+
+
+# ------------------------------------------------------------------ activation checkpointing, bf16 build
+def test_gradient_checkpointing_is_applied_and_changes_no_number():
+    """--gradient-checkpointing: active in the row's backbone, recorded, and (recomputation with the same
+    dropout masks) the losses after two optimizer steps equal those without it."""
+    import torch
+
+    from hyperscale.modeling.presets import preset_config
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name in ("floor", "hyperformer++"):
+            rows = {}
+            for ckpt in (False, True):
+                s = benchmark.BenchSettings(batch=2, src_len=16, tgt_len=4, warmup=0, steps=3, tasks=["rte", "mrpc"],
+                                            gradient_checkpointing=ckpt)
+                batch = benchmark._make_batch(s, preset_config(s.preset).vocab_size)
+                rows[ckpt] = benchmark.measure(name, s, batch, profile=False)
+                assert rows[ckpt]["status"] == "ok", rows[ckpt]["error"]
+                assert rows[ckpt]["gradient_checkpointing"] is ckpt and rows[ckpt]["oom"] is False
+            assert rows[True]["loss_first"] == pytest.approx(rows[False]["loss_first"], rel=1e-6)
+            assert rows[True]["loss_last"] == pytest.approx(rows[False]["loss_last"], rel=1e-6)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_build_dtype_constructs_in_the_compute_dtype():
+    import torch
+
+    s = benchmark.BenchSettings(precision="bf16", tasks=["rte"])
+    model = benchmark._hyperscale_model(s, "hyperformer++")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # backbone and adapter bank alike
+    assert torch.get_default_dtype() == torch.float32  # restored
+    s = benchmark.BenchSettings(precision="bf16", tasks=["rte"], build_dtype="fp32", gradient_checkpointing=True)
+    model = benchmark._hyperscale_model(s, "hyperformer++")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert benchmark.checkpointing_active(model.backbone) and model._checkpointing()
+
+
+# ------------------------------------------------------------------ largest-batch search: the logic
+def _fake_try(fits, log, error_at=None, clock=None, seconds=1.0):
+    def try_batch(b):
+        log.append(b)
+        if clock is not None:
+            clock[0] += seconds
+        if b == error_at:
+            return {"batch": b, "status": "error", "seconds": seconds, "error": "RuntimeError: boom"}
+        return {"batch": b, "status": "ok" if fits(b) else "oom", "seconds": seconds}
+    return try_batch
+
+
+def test_search_doubles_then_bisects_to_the_boundary():
+    log = []
+    r = benchmark.search_max_batch(_fake_try(lambda b: b <= 37, log), start=4, cap=1000)
+    assert log == [4, 8, 16, 32, 64, 48, 40, 36, 38, 37]
+    assert (r["status"], r["max_batch"], r["first_failing_batch"], r["failure"]) == ("converged", 37, 38, "oom")
+    assert r["best"]["batch"] == 37 and [t["batch"] for t in r["tries"]] == log
+    log = []  # coarser resolution: stops once the bracket is 8 wide
+    r = benchmark.search_max_batch(_fake_try(lambda b: b <= 37, log), start=4, cap=1000, resolution=8)
+    assert log == [4, 8, 16, 32, 64, 48, 40] and (r["max_batch"], r["first_failing_batch"]) == (32, 40)
+
+
+def test_search_start_that_does_not_fit_cap_and_nothing_fits():
+    log = []
+    r = benchmark.search_max_batch(_fake_try(lambda b: b <= 5, log), start=16, cap=64)
+    assert log == [16, 8, 4, 6, 5] and (r["status"], r["max_batch"], r["first_failing_batch"]) == ("converged", 5, 6)
+    log = []
+    r = benchmark.search_max_batch(_fake_try(lambda b: True, log), start=3, cap=20)
+    assert log == [3, 6, 12, 20] and (r["status"], r["max_batch"], r["first_failing_batch"]) == ("cap", 20, None)
+    log = []
+    r = benchmark.search_max_batch(_fake_try(lambda b: False, log), start=4, cap=8)
+    assert log == [4, 2, 1] and (r["max_batch"], r["first_failing_batch"], r["best"]) == (None, 1, None)
+    log = []  # the resolution applies once something fits: a coarse search still finds a small batch
+    r = benchmark.search_max_batch(_fake_try(lambda b: b <= 20, log), start=256, cap=2048, resolution=128)
+    assert log == [256, 128, 64, 32, 16] and (r["max_batch"], r["first_failing_batch"]) == (16, 32)
+
+
+def test_search_stops_on_other_errors_and_on_the_time_budget():
+    log = []
+    r = benchmark.search_max_batch(_fake_try(lambda b: True, log, error_at=16), start=4, cap=64)
+    assert log == [4, 8, 16] and (r["status"], r["max_batch"], r["first_failing_batch"], r["failure"]) == \
+        ("error", 8, 16, "error")
+    log, clock = [], [0.0]  # 10 s per try; the next try's estimate is the last fit's 10 s x the batch ratio
+    r = benchmark.search_max_batch(_fake_try(lambda b: True, log, clock=clock, seconds=10.0), start=4, cap=64,
+                                   budget_s=35.0, clock=lambda: clock[0])
+    assert log == [4, 8] and (r["status"], r["max_batch"], r["first_failing_batch"]) == ("budget", 8, None)
+    log = []  # an already measured start is not run again
+    first = {"batch": 4, "status": "ok", "seconds": 1.0, "ms_median": 5.0}
+    r = benchmark.search_max_batch(_fake_try(lambda b: b <= 9, log), start=4, cap=64, first=first)
+    assert log == [8, 16, 12, 10, 9] and r["tries"][0]["ms_median"] == 5.0 and r["max_batch"] == 9
+
+
+def test_search_settings_are_validated():
+    with pytest.raises(ValueError, match="ds-zeroN"):
+        benchmark.settings_from_args(_args(device="cpu", only="hyperformer++", max_batch_search=True))
+    with pytest.raises(ValueError, match="below --batch"):
+        benchmark.settings_from_args(_args(device="cpu", only="ds-zero2", max_batch_search=True, batch=8,
+                                           max_batch_cap=4))
+    s = benchmark.settings_from_args(_args(device="cpu", only="ds-zero2", max_batch_search=True,
+                                           gradient_checkpointing=True, fake_mem_limit_mb=100.0))
+    assert s.max_batch_search and s.gradient_checkpointing and s.fake_mem_limit_mb == 100.0
+
+
+# ------------------------------------------------------------------ phase 3 of gpu_run.sh, dry run
+# The 11B phase with a tiny backbone: DeepSpeed ZeRO-2 bf16 + activation checkpointing, then the
+# largest-batch search against a simulated 372 MB device. 128 target tokens make the fp32 logits and their
+# gradient dominate the peak (~55 MB per example, +-3 MB between runs); MALLOC_MMAP_THRESHOLD_ makes glibc
+# return freed tensors to the OS, so that sampled RSS follows live memory from one try to the next.
+FAKE_MB = 372.0
+
+
+@pytest.fixture(scope="module")
+def phase3(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("gpu_run")
+    env = _env()
+    env.update(OUT=str(out), MALLOC_MMAP_THRESHOLD_="65536", BENCH_BATCHES="", BENCH_EVAL="0", BENCH_PROFILE="0",
+               BENCH_SRC_LEN="8", BENCH_TGT_LEN="128", BENCH_XXL_BACKBONE="t5-tiny", BENCH_XXL_BATCH="1",
+               BENCH_XXL_SEARCH_START="1", BENCH_XXL_CAP="32", BENCH_XXL_RESOLUTION="1",
+               BENCH_XXL_FAKE_MEM_MB=str(int(FAKE_MB)), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_run.sh"), "--dry-run"], cwd=str(REPO), env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"gpu_run.sh failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return out, proc
+
+
+def test_phase3_runs_deepspeed_with_checkpointing(phase3):
+    out, proc = phase3
+    result = json.loads((out / "bench_xxl_b1.json").read_text())
+    assert result["settings"]["gradient_checkpointing"] is True and result["settings"]["backbone"] == "t5-tiny"
+    (row,) = result["rows"]
+    assert row["status"] == "ok", row["error"]
+    assert (row["name"], row["zero_stage"], row["precision"], row["batch"]) == ("ds-zero2", 2, "bf16", 1)
+    assert row["gradient_checkpointing"] is True and row["oom"] is False
+    summary = (out / "summary.md").read_text()
+    assert "## bench_xxl_b1" in summary and "activation checkpointing" in summary
+
+
+def test_phase3_max_batch_search_finds_the_boundary(phase3):
+    out, _ = phase3
+    result = json.loads((out / "bench_xxl_maxbatch.json").read_text())
+    (sr,) = result["max_batch_search"]
+    assert set(benchmark.SEARCH_FIELDS) <= set(sr)
+    assert (sr["row"], sr["status"], sr["limit_mb"], sr["start"], sr["cap"]) == \
+        ("ds-zero2", "converged", FAKE_MB, 1, 32)
+    tries = sr["tries"]
+    # every try is classified by its own measured peak against the simulated limit
+    for t in tries:
+        assert t["status"] in ("ok", "oom"), t
+        assert (t["peak_mem_mb"] <= FAKE_MB) == (t["status"] == "ok"), t
+    # the boundary: the largest batch that fit, next to the smallest that did not
+    fit = [t["batch"] for t in tries if t["status"] == "ok"]
+    assert sr["max_batch"] == max(fit) and sr["first_failing_batch"] == sr["max_batch"] + 1
+    assert min(t["batch"] for t in tries if t["status"] == "oom") == sr["first_failing_batch"]
+    # ... where the memory growth puts it (~55 MB per example: batch 6 fits, 7 does not)
+    assert abs(sr["max_batch"] - sr["predicted_max_batch"]) <= 1 and 4 <= sr["max_batch"] <= 8
+    # doubling, then bisection: the same tries as the search logic gives for these outcomes
+    outcome = {t["batch"]: t["status"] for t in tries}
+    log = []
+    benchmark.search_max_batch(_fake_try(lambda b: outcome[b] == "ok", log), start=1, cap=32)
+    assert log == [t["batch"] for t in tries]
+    best = sr["best"]
+    assert best["batch"] == sr["max_batch"] and best["status"] == "ok" and best["gradient_checkpointing"] is True
+    assert best["ms_median"] > 0 and best["tokens_per_s"] > 0 and best["peak_mem_mb"] <= FAKE_MB
+    table = (out / "bench_xxl_maxbatch.md").read_text()
+    assert f"max batch (ds-zero2, converged, limit {FAKE_MB:,.0f} MB" in table
+    assert f"{sr['max_batch']} fits" in table and f"{sr['first_failing_batch']} does not (oom)" in table
