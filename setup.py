@@ -27,6 +27,7 @@ setup(
         "tensorboard",
         "pyyaml",
         "safetensors",
+        "accelerate",  # transformers needs it for HfDeepSpeedConfig (deepspeed.build_sharded)
         "scikit-learn",
         "scipy",
         "tqdm",
