@@ -293,7 +293,7 @@ class Recipe:
             t0 = time.perf_counter()
             examples = self.sampler.next_rank_batch(self.rank, self.world)
             if cfg.distributed.check_task_sync:
-                self._check_task_sync()
+                self._check_task_sync(examples)
             stats = torch.zeros(3, len(self.tasks))  # per task: loss sum, example count, tokens
             mb = t.micro_batch_size
             for i in range(0, len(examples), mb):
@@ -378,19 +378,23 @@ class Recipe:
                  if p.requires_grad and p.grad is not None]
         return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
-    def _check_task_sync(self) -> None:
-        # every rank derives the same global batch from (seed, step); compare its digest across ranks
-        import hashlib
-
+    def _check_task_sync(self, examples: list) -> None:
+        """Debug check (``distributed.check_task_sync``): the slices the ranks are about to train on,
+        put together in rank order, must be exactly the global batch of this step that every rank
+        derives from (seed, step). Fails loudly, naming the ranks that disagree."""
         step = self.state.step
-        digest = hashlib.sha256(repr(self.sampler.global_batch(step)).encode()).digest()[:7]
-        value = torch.tensor([int.from_bytes(digest, "big")], dtype=torch.long)
-        gathered = [torch.zeros_like(value) for _ in range(self.world)]
-        dist.all_gather(gathered, value)
-        bad = [r for r, g in enumerate(gathered) if int(g) != int(value)]
+        expected = [(str(t), int(i)) for t, i in self.sampler.global_batch(step)]
+        mine = [(str(t), int(i)) for t, i in examples]
+        slices: list[Any] = [None] * self.world
+        dist.all_gather_object(slices, mine)
+        per_rank = len(expected) // self.world
+        bad = [r for r, got in enumerate(slices) if got != expected[r * per_rank:(r + 1) * per_rank]]
         if bad:
-            raise RuntimeError(f"task sync check failed at step {step}: rank {self.rank} and ranks {bad} "
-                               "sample different global batches (different seeds, data or sampler state?)")
+            tasks = {r: sorted({t for t, _ in slices[r]}) for r in bad}
+            raise RuntimeError(
+                f"task sync check failed at step {step} on rank {self.rank}: ranks {bad} train on examples that "
+                f"are not their slice of the global batch (their tasks: {tasks}); different seeds, data or "
+                "sampler state across ranks?")
 
     def _log_window(self, w: dict, lr: float) -> None:
         step = self.state.step

@@ -1,0 +1,47 @@
+"""distributed.check_task_sync: the ranks' slices must put together the step's global batch."""
+import pytest
+
+import hyperscale.train as train_mod
+from hyperscale.data.sampler import MultiTaskSampler
+from hyperscale.train import Recipe
+from hyperscale.training.state import TrainState
+
+
+def _recipe(mode: str) -> Recipe:
+    r = Recipe.__new__(Recipe)
+    r.sampler = MultiTaskSampler({"rte": 50, "cb": 40}, global_batch_size=8, seed=3, mode=mode)
+    r.state, r.world, r.rank = TrainState(), 2, 0
+    return r
+
+
+def _fake_gather(monkeypatch, slices):
+    def all_gather_object(out, obj):
+        out[:] = slices
+
+    monkeypatch.setattr(train_mod.dist, "all_gather_object", all_gather_object)
+
+
+@pytest.mark.parametrize("mode", ["same-task", "mixed"])
+def test_consistent_ranks_pass(monkeypatch, mode):
+    r = _recipe(mode)
+    for _ in range(3):  # a few steps in: the check compares against the step just drawn
+        slices = [r.sampler.rank_batch(None, rank, 2) for rank in range(2)]
+        mine = r.sampler.next_rank_batch(0, 2)
+        assert mine == slices[0]
+        _fake_gather(monkeypatch, slices)
+        r._check_task_sync(mine)
+        r.state.step += 1
+
+
+def test_a_rank_with_another_seed_fails_loudly(monkeypatch):
+    r = _recipe("same-task")
+    other = MultiTaskSampler({"rte": 50, "cb": 40}, global_batch_size=8, seed=4, mode="same-task")
+    # find a step where the two seeds disagree
+    for _ in range(20):
+        mine, theirs = r.sampler.next_rank_batch(0, 2), other.next_rank_batch(1, 2)
+        if theirs != r.sampler.rank_batch(r.state.step, 1, 2):
+            break
+        r.state.step += 1
+    _fake_gather(monkeypatch, [mine, theirs])
+    with pytest.raises(RuntimeError, match=r"task sync check failed at step \d+ on rank 0: ranks \[1\]"):
+        r._check_task_sync(mine)
