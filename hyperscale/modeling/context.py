@@ -41,7 +41,6 @@ class AdapterContext:
     weights: dict[str, AdapterWeights]  # stack name -> weights
     # per-example index into the task dimension T of the weights; None when T == 1
     example_index: Optional[torch.Tensor]
-    ln_eps: float = 1e-5
     # stack -> per slot, that slot's six tensors ([m, d]... when T == 1, else [T, m, d]...)
     slots: dict[str, list[tuple[torch.Tensor, ...]]] = field(init=False, repr=False)
 

@@ -274,7 +274,7 @@ class HyperscaleModel(nn.Module):
         device = self._param_device()
         weights = self.bank(torch.tensor(distinct, dtype=torch.long, device=device))
         ex = None if example is None else torch.tensor(example, dtype=torch.long, device=device)
-        ctx = AdapterContext(weights=weights, example_index=ex, ln_eps=self.config.adapter_ln_eps)
+        ctx = AdapterContext(weights=weights, example_index=ex)
         # activation checkpointing recomputes the forward during backward, outside the `with` scope
         self._ctx_holder["last"] = ctx if self._checkpointing() else None
         return ctx
@@ -416,21 +416,12 @@ class HyperscaleModel(nn.Module):
         cfg = dataclasses.replace(self.config, method="adapters", materialized_from=self.config.method,
                                   tasks=list(self.config.tasks))
         backbone = copy.deepcopy(self.backbone)
-        out = HyperscaleModel.__new__(HyperscaleModel)
-        nn.Module.__init__(out)
-        out.config = cfg
-        out.backbone = backbone
-        out.d_model, out.layers, out.bottleneck = self.d_model, dict(self.layers), self.bottleneck
-        out._hooks, out._ctx_holder = [], {"last": None}
-        # deepcopy copied the hooks of self: drop them and attach fresh ones bound to `out`
-        for mod in out.backbone.modules():
+        # deepcopy copied the hooks of self: drop them so the copy's own hooks attach to `out`
+        for mod in backbone.modules():
             mod._forward_hooks.clear()
-        out.backbone._hyperscale_attached = False
-        out.bank = out._build_bank()
-        out._attach()
-        out._set_trainable()
+        backbone._hyperscale_attached = False
         device = self._param_device()
-        out.to(device)
+        out = HyperscaleModel(backbone, cfg, compute_hash=False).to(device)
         for t in range(len(cfg.tasks)):
             w = self.bank(torch.tensor([t], device=device))
             out.bank.load_task_weights(t, w)
