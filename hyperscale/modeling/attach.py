@@ -32,16 +32,22 @@ class Slot:
     layer: int
     position: str
     index: int  # slot index inside its stack
-    module_path: str  # dotted path from the backbone root
+    module_path: str  # dotted path from the backbone root (``backbone.get_submodule(module_path)``)
 
 
-def _get(module: nn.Module, dotted: str) -> nn.Module:
+def _get(module: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+    """The submodule at ``dotted`` and its real path (negative indices resolved, for ``get_submodule``)."""
+    parts = []
     for part in dotted.split("."):
         if part.lstrip("-").isdigit():
-            module = module[int(part)]  # type: ignore[index]
+            i = int(part)
+            i = i + len(module) if i < 0 else i  # type: ignore[arg-type]
+            module = module[i]  # type: ignore[index]
+            parts.append(str(i))
         else:
             module = getattr(module, part)
-    return module
+            parts.append(part)
+    return module, ".".join(parts)
 
 
 def num_layers(backbone: nn.Module, stack: str) -> int:
@@ -64,11 +70,8 @@ def iter_slots(backbone: nn.Module, attach_points: dict[str, str] = T5_ATTACH_PO
             )
         for layer in range(num_layers(backbone, stack)):
             for p, position in enumerate(POSITIONS):
-                rel = attach_points[position]
-                block_path = f"{stack}.block.{layer}"
-                module = _get(backbone, f"{block_path}.{rel}")
-                n_pos = len(POSITIONS)
-                yield Slot(stack, layer, position, layer * n_pos + p, f"{block_path}.{rel}"), module
+                module, path = _get(backbone, f"{stack}.block.{layer}.{attach_points[position]}")
+                yield Slot(stack, layer, position, layer * len(POSITIONS) + p, path), module
 
 
 def slot_layout(n_layers: int) -> list[tuple[int, int]]:

@@ -4,106 +4,32 @@ The model wraps, never forks, a ``transformers`` T5-family model. Per forward it
 task ids, (2) generates the adapter weights of every slot of both stacks in one batched call per
 stack, for the distinct tasks of the batch only, (3) runs the unmodified backbone inside an
 ``adapter_context`` that the hooks read.
+
+This module is the wrapper only; the pieces live next to it (and are re-exported here):
+``config.py`` (``HyperscaleConfig``), ``inject.py`` (hooks in and out, trainable marking) and
+``io.py`` (backbone loading and hashing, the saved-model format).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-import hashlib
-import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from .attach import STACKS, iter_slots, num_layers
-from .adapter import apply_adapter
-from .context import AdapterContext, active_context, adapter_context
+from .attach import STACKS, num_layers
+from .config import CONFIG_NAME, FORMAT_VERSION, METHODS, HyperscaleConfig
+from .context import AdapterContext, adapter_context
 from .hypernet import HyperNetBank
+from .inject import AdapterHooks, attach_adapters, set_trainable
+from .io import (WEIGHTS_NAME, backbone_hash, frozen_params, load_backbone, load_trainable_state_dict, read_config,
+                 read_weights, save_pretrained, saved_backbone, verify_backbone)
 from .static import StaticAdapterBank
 
-METHODS = ("hyperformer++", "hyperformer", "adapters", "adapters-shared-norm", "finetune")
-CONFIG_NAME = "hyperscale_config.json"
-WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 1
-
 TaskIds = Union[None, str, int, torch.Tensor, Sequence[Union[str, int]]]
-
-
-@dataclass
-class HyperscaleConfig:
-    """Everything needed to rebuild a model from its saved trainable weights."""
-
-    method: str
-    tasks: list[str]
-    reduction_factor: int = 32
-    task_embedding_dim: int = 64
-    layer_embedding_dim: int = 64
-    position_embedding_dim: int = 64
-    projector_hidden_dim: int = 128
-    conditioning_dim: int = 64
-    adapter_ln_eps: float = 1e-5
-    train_layer_norms: bool = True
-    backbone_id: Optional[str] = None
-    backbone_hash: Optional[str] = None
-    backbone_config: dict = field(default_factory=dict)
-    materialized_from: Optional[str] = None
-    format_version: int = FORMAT_VERSION
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
-        if not self.tasks:
-            raise ValueError("tasks is empty: give at least one task name")
-        if len(set(self.tasks)) != len(self.tasks):
-            raise ValueError(f"task names must be unique, got {self.tasks}")
-        if self.reduction_factor < 1:
-            raise ValueError(f"reduction_factor must be >= 1, got {self.reduction_factor}")
-
-    @property
-    def uses_adapters(self) -> bool:
-        return self.method != "finetune"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "HyperscaleConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown keys in {CONFIG_NAME}: {sorted(unknown)} (written by a newer hyperscale?)")
-        return cls(**d)
-
-
-def load_backbone(backbone: Any, torch_dtype: Optional[torch.dtype] = None) -> tuple[nn.Module, str]:
-    """Return (model, backbone_id) for a model instance, ``preset:NAME``, a local directory or a hub id."""
-    from transformers import AutoModelForSeq2SeqLM, T5ForConditionalGeneration, MT5ForConditionalGeneration
-
-    if isinstance(backbone, nn.Module):
-        return backbone, str(getattr(backbone.config, "_name_or_path", "") or "<in-memory>")
-    if not isinstance(backbone, (str, os.PathLike)):
-        raise TypeError(f"backbone must be a T5 model, a directory, a hub id or 'preset:NAME', got {type(backbone)}")
-    spec = str(backbone)
-    if spec.startswith("preset:"):
-        from .presets import preset_config, preset_ties_head, untie_lm_head
-
-        cfg = preset_config(spec)
-        cls = MT5ForConditionalGeneration if cfg.model_type == "mt5" else T5ForConditionalGeneration
-        model = cls(cfg)
-        if not preset_ties_head(spec):
-            untie_lm_head(model)
-        if torch_dtype is not None:
-            model = model.to(torch_dtype)
-        return model, spec
-    if os.path.isdir(spec):
-        return AutoModelForSeq2SeqLM.from_pretrained(spec, dtype=torch_dtype), str(Path(spec).resolve())
-    if os.path.exists(spec):
-        raise ValueError(f"backbone {spec!r} is a file; give the directory written by save_pretrained")
-    # a hub id: needs network access (or a populated Hugging Face cache)
-    return AutoModelForSeq2SeqLM.from_pretrained(spec, dtype=torch_dtype), spec
 
 
 def _numel(p: torch.Tensor) -> int:
@@ -111,50 +37,46 @@ def _numel(p: torch.Tensor) -> int:
     return int(getattr(p, "ds_numel", p.numel()))
 
 
-def _is_layer_norm(module: nn.Module) -> bool:
-    return type(module).__name__.endswith("LayerNorm")
-
-
-def backbone_hash(params: Iterable[tuple[str, torch.Tensor]], max_elems: int = 1 << 20) -> Optional[str]:
-    """A fingerprint of (frozen) backbone weights, stable across fp32/bf16 loading.
-
-    Values are rounded to bf16 before hashing. Tensors above ``max_elems`` elements are hashed on a
-    deterministic strided sample plus their fp64 sum (a full pass would take minutes for 11B).
-    Returns None for meta or ZeRO-3-partitioned tensors, which hold no values here.
-    """
-    h = hashlib.sha256()
-    for name, p in sorted(params, key=lambda kv: kv[0]):
-        if p.is_meta or (hasattr(p, "ds_numel") and p.numel() != getattr(p, "ds_numel")):
-            return None
-        t = p.detach().reshape(-1)
-        h.update(f"{name}:{tuple(p.shape)}".encode())
-        if t.numel() > max_elems:
-            step = t.numel() // max_elems
-            h.update(repr(round(t.double().sum().item(), 2)).encode())
-            t = t[::step]
-        h.update(t.to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
-    return h.hexdigest()
+def _build_bank(config: HyperscaleConfig, layers: dict[str, int], d_model: int, bottleneck: int) -> Optional[nn.Module]:
+    c, n = config, len(config.tasks)
+    if c.method in ("hyperformer++", "hyperformer"):
+        return HyperNetBank(
+            n, layers, d_model, bottleneck, c.task_embedding_dim, c.layer_embedding_dim,
+            c.position_embedding_dim, c.projector_hidden_dim, c.conditioning_dim,
+            per_slot=c.method == "hyperformer",
+        )
+    if c.method in ("adapters", "adapters-shared-norm"):
+        return StaticAdapterBank(n, layers, d_model, bottleneck, shared_norm=c.method == "adapters-shared-norm")
+    return None
 
 
 class HyperscaleModel(nn.Module):
+    """Wraps ``backbone`` per ``config``; the caller's ``config`` is never modified.
+
+    ``self.config`` is a config of its own: the given one, completed with ``backbone_config`` (when
+    empty) and, with ``compute_hash`` and an adapter method, the hash of the frozen backbone weights
+    (when ``backbone_hash`` is None).
+    """
+
     def __init__(self, backbone: nn.Module, config: HyperscaleConfig, compute_hash: bool = True):
         super().__init__()
-        self.config = config
         self.backbone = backbone
         bcfg = backbone.config
         self.d_model = bcfg.d_model
         self.layers = {stack: num_layers(backbone, stack) for stack in STACKS}
         self.bottleneck = max(1, self.d_model // config.reduction_factor)
-        self.bank: Optional[nn.Module] = self._build_bank()
         if not config.backbone_config:
-            config.backbone_config = bcfg.to_dict()
-        self._hooks: list = []
+            config = dataclasses.replace(config, backbone_config=bcfg.to_dict())
+        self.config = config
+        self.bank: Optional[nn.Module] = _build_bank(config, self.layers, self.d_model, self.bottleneck)
+        # the context of the last forward, for activation checkpointing's recomputation inside backward
         self._ctx_holder: dict[str, Optional[AdapterContext]] = {"last": None}
-        if self.bank is not None:
-            self._attach()
-        self._set_trainable()
+        holder = self._ctx_holder
+        self._adapter_hooks = (attach_adapters(backbone, config.adapter_ln_eps, lambda: holder["last"])
+                               if self.bank is not None else AdapterHooks(backbone))
+        set_trainable(backbone, self.bank, config.uses_adapters, config.train_layer_norms)
         if compute_hash and config.backbone_hash is None and config.uses_adapters:
-            config.backbone_hash = backbone_hash(self._frozen_backbone_params())
+            self.update_backbone_hash()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -170,65 +92,34 @@ class HyperscaleModel(nn.Module):
         """Wrap ``backbone`` (a T5 model, a local directory, a hub id or ``preset:NAME``)."""
         config = HyperscaleConfig(method=method, tasks=list(tasks), reduction_factor=reduction_factor, **kwargs)
         model, backbone_id = load_backbone(backbone, torch_dtype)
-        config.backbone_id = backbone_id
-        return cls(model, config)
-
-    def _build_bank(self) -> Optional[nn.Module]:
-        c = self.config
-        n = len(c.tasks)
-        if c.method in ("hyperformer++", "hyperformer"):
-            return HyperNetBank(
-                n, self.layers, self.d_model, self.bottleneck, c.task_embedding_dim, c.layer_embedding_dim,
-                c.position_embedding_dim, c.projector_hidden_dim, c.conditioning_dim,
-                per_slot=c.method == "hyperformer",
-            )
-        if c.method in ("adapters", "adapters-shared-norm"):
-            return StaticAdapterBank(n, self.layers, self.d_model, self.bottleneck,
-                                     shared_norm=c.method == "adapters-shared-norm")
-        return None
-
-    def _attach(self) -> None:
-        eps = self.config.adapter_ln_eps
-        holder = self._ctx_holder
-
-        def make_hook(stack: str, slot: int):
-            def hook(module: nn.Module, args: Any, output: Any) -> Any:
-                ctx = active_context()
-                if ctx is None and torch._C._current_graph_task_id() != -1:
-                    ctx = holder["last"]  # activation checkpointing: recomputation inside backward
-                if ctx is None:
-                    raise RuntimeError(
-                        "hyperscale adapter hook ran outside an adapter context: call the HyperscaleModel "
-                        "(model(..., task_ids=...) / model.generate(..., task_ids=...)), not its backbone"
-                    )
-                y = output[0] if isinstance(output, tuple) else output
-                out = apply_adapter(y, *ctx.slots[stack][slot], ctx.example_index, eps)
-                return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
-
-            return hook
-
-        if getattr(self.backbone, "_hyperscale_attached", False):
-            raise ValueError("this backbone already carries hyperscale adapters (another HyperscaleModel wraps it); "
-                             "give each HyperscaleModel its own backbone (e.g. copy.deepcopy(backbone))")
-        for slot, module in iter_slots(self.backbone):
-            self._hooks.append(module.register_forward_hook(make_hook(slot.stack, slot.index)))
-        self.backbone._hyperscale_attached = True
-
-    def _set_trainable(self) -> None:
-        if not self.config.uses_adapters:
-            for p in self.parameters():
-                p.requires_grad_(True)
-            return
-        self.backbone.requires_grad_(False)
-        if self.config.train_layer_norms:
-            for mod in self.backbone.modules():
-                if _is_layer_norm(mod):
-                    mod.requires_grad_(True)
-        if self.bank is not None:
-            self.bank.requires_grad_(True)
+        return cls(model, dataclasses.replace(config, backbone_id=backbone_id))
 
     def _frozen_backbone_params(self) -> list[tuple[str, torch.Tensor]]:
-        return [(n, p) for n, p in self.backbone.named_parameters() if not p.requires_grad]
+        return frozen_params(self.backbone)
+
+    def update_backbone_hash(self) -> Optional[str]:
+        """Record the hash of the current frozen backbone weights in a new ``self.config`` (e.g. after
+        they were replaced in place); returns it. No-op (None) for ``finetune``, whose backbone trains."""
+        if not self.config.uses_adapters:
+            return None
+        h = backbone_hash(self._frozen_backbone_params())
+        self.config = dataclasses.replace(self.config, backbone_hash=h)
+        return h
+
+    # ------------------------------------------------------------------ hooks
+    @property
+    def adapter_hooks(self) -> AdapterHooks:
+        """The hooks this model put on its backbone (empty for ``finetune`` and after ``detach()``)."""
+        return self._adapter_hooks
+
+    def detach(self) -> None:
+        """Remove this model's adapter hooks from the backbone, leaving every other hook in place.
+
+        Afterwards ``forward``/``generate`` run the bare backbone (task ids are not needed) and the
+        backbone can be wrapped again. The bank and the trainable flags stay as they are.
+        """
+        self._adapter_hooks.remove()
+        self._ctx_holder["last"] = None
 
     # ------------------------------------------------------------------ tasks
     @property
@@ -288,14 +179,13 @@ class HyperscaleModel(nn.Module):
         """Add a task: its embedding (or static adapters) start from the mean, random, or a task's copy."""
         if name in self.config.tasks:
             raise ValueError(f"task {name!r} already exists; tasks: {', '.join(self.config.tasks)}")
-        if self.bank is None:
-            self.config.tasks.append(name)
-            return
-        if init not in ("mean", "random"):
-            init = self.task_index(init)
-        self.bank.add_task(init)
-        self.bank.requires_grad_(True)
-        self.config.tasks.append(name)
+        config = dataclasses.replace(self.config, tasks=[*self.config.tasks, name])
+        if self.bank is not None:
+            if init not in ("mean", "random"):
+                init = self.task_index(init)
+            self.bank.add_task(init)
+            self.bank.requires_grad_(True)
+        self.config = config
 
     # ------------------------------------------------------------------ forward / generate
     @staticmethod
@@ -310,9 +200,12 @@ class HyperscaleModel(nn.Module):
                 return kwargs[key].shape[0]
         raise ValueError("cannot infer the batch size: pass input_ids")
 
+    def _adapters_active(self) -> bool:
+        return self.bank is not None and self._adapter_hooks.attached
+
     def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, task_ids: TaskIds = None, **kwargs: Any) -> Any:
-        if self.bank is None:
+        if not self._adapters_active():
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         if labels is not None:
             kwargs["labels"] = labels
@@ -324,7 +217,7 @@ class HyperscaleModel(nn.Module):
     def generate(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                  task_ids: TaskIds = None, **kwargs: Any) -> torch.Tensor:
         """``backbone.generate`` with adapter weights generated once for the whole call."""
-        if self.bank is None:
+        if not self._adapters_active():
             return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         ctx = self.build_context(task_ids, self._batch_size(input_ids, kwargs))
         with adapter_context(ctx):
@@ -340,86 +233,41 @@ class HyperscaleModel(nn.Module):
 
         Refuses to overwrite an earlier save unless ``overwrite=True``.
         """
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        existing = [out / CONFIG_NAME, out / WEIGHTS_NAME]
-        if not overwrite and any(p.exists() for p in existing):
-            raise FileExistsError(f"{out} already holds a saved model; choose another directory or pass overwrite=True")
-        out.mkdir(parents=True, exist_ok=True)
         sd = state_dict if state_dict is not None else self.trainable_state_dict()
-        sd = {k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.contiguous().cpu()
-              for k, v in sd.items()}
-        tmp = out / (WEIGHTS_NAME + ".tmp")
-        save_file(sd, str(tmp), metadata={"format": "pt", "hyperscale_format": str(FORMAT_VERSION)})
-        os.replace(tmp, out / WEIGHTS_NAME)
-        (out / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
-        return out
+        return save_pretrained(directory, self.config, sd, overwrite=overwrite)
 
     @classmethod
     def from_pretrained(cls, directory: Union[str, os.PathLike], backbone: Any = None,
                         torch_dtype: Optional[torch.dtype] = None, check_hash: bool = True) -> "HyperscaleModel":
-        from safetensors.torch import load_file
-
+        """Rebuild a saved model on ``backbone`` (default: the recorded one), refusing a backbone whose
+        frozen weights hash differently from the saved hash unless ``check_hash=False``."""
         d = Path(directory)
-        if not (d / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{d} has no {CONFIG_NAME}: give a directory written by "
-                                    "HyperscaleModel.save_pretrained or `hyperscale export`")
-        config = HyperscaleConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
-        saved_hash = config.backbone_hash
-        if backbone is None:
-            if config.backbone_id is None or config.backbone_id.startswith(("preset:", "<")):
-                raise ValueError(f"{d} was trained on backbone {config.backbone_id!r}, which cannot be reloaded "
-                                 "by name; pass backbone=<the T5 model or its directory>")
-            backbone = config.backbone_id
-        model_bb, backbone_id = load_backbone(backbone, torch_dtype)
-        config.backbone_hash = None
-        model = cls(model_bb, config, compute_hash=check_hash)
-        if check_hash and config.uses_adapters and saved_hash is not None and config.backbone_hash != saved_hash:
-            raise ValueError(
-                f"backbone {backbone_id!r} does not match the one {d} was trained on: weight hash "
-                f"{config.backbone_hash[:12] if config.backbone_hash else None} != saved {saved_hash[:12]}; "
-                "load the original backbone (or pass check_hash=False at your own risk)"
-            )
-        config.backbone_hash = saved_hash
-        sd = load_file(str(d / WEIGHTS_NAME))
-        model.load_trainable_state_dict(sd, source=str(d))
+        config = read_config(d)
+        model_bb, backbone_id = load_backbone(saved_backbone(config, backbone, d), torch_dtype)
+        # the model keeps the saved hash; the loaded backbone's own hash is only compared with it
+        model = cls(model_bb, config, compute_hash=False)
+        if check_hash and config.uses_adapters and config.backbone_hash is not None:
+            verify_backbone(model.backbone, config.backbone_hash, backbone_id, d)
+        model.load_trainable_state_dict(read_weights(d), source=str(d))
         return model
 
     def load_trainable_state_dict(self, sd: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Load trainable weights; a tied weight may come under any of its names (DeepSpeed's
         consolidation writes T5's ``shared`` / ``embed_tokens`` / ``lm_head`` aliases separately)."""
-        own = dict(self.named_parameters(remove_duplicate=False))
-        trainable = {id(p): n for n, p in self.named_parameters() if p.requires_grad}
-        unknown = [k for k in sd if k not in own]
-        covered = {id(own[k]) for k in sd if k in own}
-        missing = sorted(n for i, n in trainable.items() if i not in covered)
-        frozen = [k for k in sd if k in own and id(own[k]) not in trainable]
-        if unknown or missing or frozen:
-            raise ValueError(f"{source} does not fit this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
-                             f", unexpected {unknown[:5]}{'...' if len(unknown) > 5 else ''}"
-                             + (f", frozen in this model {frozen[:5]}" if frozen else ""))
-        with torch.no_grad():
-            for k, v in sd.items():
-                if own[k].shape != v.shape:
-                    raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
-                own[k].copy_(v.to(own[k].dtype))
+        load_trainable_state_dict(self, sd, source)
 
     # ------------------------------------------------------------------ export
     @torch.no_grad()
     def materialize(self) -> "HyperscaleModel":
         """A copy with every task's generated adapters as static weights (no hypernetwork needed)."""
-        import copy
-
         if self.config.method not in ("hyperformer++", "hyperformer"):
             raise ValueError(f"materialize applies to hypernetwork methods, not {self.config.method!r}")
-        cfg = dataclasses.replace(self.config, method="adapters", materialized_from=self.config.method,
-                                  tasks=list(self.config.tasks))
-        backbone = copy.deepcopy(self.backbone)
-        # deepcopy copied the hooks of self: drop them so the copy's own hooks attach to `out`
-        for mod in backbone.modules():
-            mod._forward_hooks.clear()
-        backbone._hyperscale_attached = False
+        cfg = dataclasses.replace(self.config, method="adapters", materialized_from=self.config.method)
+        # copied together, the hooks' handles point into the copy: removing them there drops exactly the
+        # copied hyperscale hooks (hooks other code registered are copied and kept), so the copy's own
+        # hooks attach to `out`; self is not touched
+        backbone, copied_hooks = copy.deepcopy((self.backbone, self._adapter_hooks))
+        copied_hooks.remove()
         device = self._param_device()
         out = HyperscaleModel(backbone, cfg, compute_hash=False).to(device)
         for t in range(len(cfg.tasks)):
@@ -453,3 +301,7 @@ class HyperscaleModel(nn.Module):
             "total": backbone_total + sum(_numel(p) for p in self.bank.parameters()) if self.bank is not None else backbone_total,
             "percent_per_task": 100.0 * trainable / n_tasks / backbone_total,
         }
+
+
+__all__ = ["METHODS", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "TaskIds", "HyperscaleConfig", "HyperscaleModel",
+           "AdapterHooks", "load_backbone", "backbone_hash"]

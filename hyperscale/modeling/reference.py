@@ -152,8 +152,6 @@ def load_reference_checkpoint(model: Any, path_or_state_dict: Union[str, os.Path
     the default) or are copied into it (``backbone="load"``; the backbone hash is then recomputed).
     Returns a summary: tasks, number of tensors loaded, backbone mode.
     """
-    from .model import backbone_hash
-
     if backbone not in ("check", "load"):
         raise ValueError(f"backbone must be 'check' or 'load', got {backbone!r}")
     if getattr(model.config, "method", None) != "hyperformer++":
@@ -225,8 +223,8 @@ def load_reference_checkpoint(model: Any, path_or_state_dict: Union[str, os.Path
     with torch.no_grad():
         for k in copy_keys:
             params[k].copy_(mapped[k].to(dtype=params[k].dtype))
-    if backbone == "load" and model.config.uses_adapters:
-        model.config.backbone_hash = backbone_hash(model._frozen_backbone_params())
+    if backbone == "load":
+        model.update_backbone_hash()  # a new config on the model; a no-op for finetune
     return {"source": source, "tasks": model_tasks, "loaded": len(copy_keys), "backbone": backbone}
 
 

@@ -6,6 +6,7 @@ fp32 master copies of the trainable parameters); a ZeRO-0 checkpoint holds its m
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -71,9 +72,9 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, materialize: bool
     config = HyperscaleConfig.from_dict(json.loads((ckpt_dir / CONFIG_NAME).read_text()))
     saved_hash = config.backbone_hash
     model_bb, _ = load_backbone(backbone or config.backbone_id)
-    config.backbone_hash = None
-    model = HyperscaleModel(model_bb, config)
-    if saved_hash and config.backbone_hash != saved_hash:
+    # built without the recorded hash, the model hashes this backbone itself (config stays as read)
+    model = HyperscaleModel(model_bb, dataclasses.replace(config, backbone_hash=None))
+    if saved_hash and model.config.backbone_hash != saved_hash:
         raise ValueError(f"backbone {backbone or config.backbone_id!r} differs from the one {ckpt_dir} was trained on "
                          "(weight hash mismatch); pass --backbone with the original")
     model.load_trainable_state_dict(consolidated_state_dict(ckpt_dir), source=str(ckpt_dir))

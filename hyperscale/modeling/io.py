@@ -1,0 +1,161 @@
+"""Files and backbones: loading a backbone, fingerprinting its frozen weights, the saved-model format.
+
+A saved model is a directory with ``hyperscale_config.json`` (the ``HyperscaleConfig``) and
+``model.safetensors`` (the trainable weights only). The frozen backbone is not saved; its hash is,
+and ``verify_backbone`` refuses a different backbone at load time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+import torch
+from torch import nn
+
+from .config import CONFIG_NAME, FORMAT_VERSION, HyperscaleConfig
+
+WEIGHTS_NAME = "model.safetensors"
+
+PathLike = Union[str, os.PathLike]
+
+
+def load_backbone(backbone: Any, torch_dtype: Optional[torch.dtype] = None) -> tuple[nn.Module, str]:
+    """Return (model, backbone_id) for a model instance, ``preset:NAME``, a local directory or a hub id."""
+    from transformers import AutoModelForSeq2SeqLM, T5ForConditionalGeneration, MT5ForConditionalGeneration
+
+    if isinstance(backbone, nn.Module):
+        return backbone, str(getattr(backbone.config, "_name_or_path", "") or "<in-memory>")
+    if not isinstance(backbone, (str, os.PathLike)):
+        raise TypeError(f"backbone must be a T5 model, a directory, a hub id or 'preset:NAME', got {type(backbone)}")
+    spec = str(backbone)
+    if spec.startswith("preset:"):
+        from .presets import preset_config, preset_ties_head, untie_lm_head
+
+        cfg = preset_config(spec)
+        cls = MT5ForConditionalGeneration if cfg.model_type == "mt5" else T5ForConditionalGeneration
+        model = cls(cfg)
+        if not preset_ties_head(spec):
+            untie_lm_head(model)
+        if torch_dtype is not None:
+            model = model.to(torch_dtype)
+        return model, spec
+    if os.path.isdir(spec):
+        return AutoModelForSeq2SeqLM.from_pretrained(spec, dtype=torch_dtype), str(Path(spec).resolve())
+    if os.path.exists(spec):
+        raise ValueError(f"backbone {spec!r} is a file; give the directory written by save_pretrained")
+    # a hub id: needs network access (or a populated Hugging Face cache)
+    return AutoModelForSeq2SeqLM.from_pretrained(spec, dtype=torch_dtype), spec
+
+
+# ---------------------------------------------------------------------------------------- backbone hash
+def backbone_hash(params: Iterable[tuple[str, torch.Tensor]], max_elems: int = 1 << 20) -> Optional[str]:
+    """A fingerprint of (frozen) backbone weights, stable across fp32/bf16 loading.
+
+    Values are rounded to bf16 before hashing. Tensors above ``max_elems`` elements are hashed on a
+    deterministic strided sample plus their fp64 sum (a full pass would take minutes for 11B).
+    Returns None for meta or ZeRO-3-partitioned tensors, which hold no values here.
+    """
+    h = hashlib.sha256()
+    for name, p in sorted(params, key=lambda kv: kv[0]):
+        if p.is_meta or (hasattr(p, "ds_numel") and p.numel() != getattr(p, "ds_numel")):
+            return None
+        t = p.detach().reshape(-1)
+        h.update(f"{name}:{tuple(p.shape)}".encode())
+        if t.numel() > max_elems:
+            step = t.numel() // max_elems
+            h.update(repr(round(t.double().sum().item(), 2)).encode())
+            t = t[::step]
+        h.update(t.to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def frozen_params(backbone: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The backbone weights that do not train (what ``backbone_hash`` fingerprints)."""
+    return [(n, p) for n, p in backbone.named_parameters() if not p.requires_grad]
+
+
+def verify_backbone(backbone: nn.Module, saved_hash: str, backbone_id: str, source: PathLike) -> None:
+    """Raise unless the frozen weights of ``backbone`` hash to ``saved_hash`` (call after trainable marking)."""
+    actual = backbone_hash(frozen_params(backbone))
+    if actual != saved_hash:
+        raise ValueError(
+            f"backbone {backbone_id!r} does not match the one {source} was trained on: weight hash "
+            f"{actual[:12] if actual else None} != saved {saved_hash[:12]}; "
+            "load the original backbone (or pass check_hash=False at your own risk)"
+        )
+
+
+# ---------------------------------------------------------------------------------------- saved models
+def save_pretrained(directory: PathLike, config: HyperscaleConfig, state_dict: dict[str, torch.Tensor],
+                    overwrite: bool = False) -> Path:
+    """Write ``state_dict`` (safetensors, fp32 on CPU) and ``config`` (JSON) into ``directory``.
+
+    Refuses to overwrite an earlier save unless ``overwrite=True``.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    existing = [out / CONFIG_NAME, out / WEIGHTS_NAME]
+    if not overwrite and any(p.exists() for p in existing):
+        raise FileExistsError(f"{out} already holds a saved model; choose another directory or pass overwrite=True")
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.contiguous().cpu()
+          for k, v in state_dict.items()}
+    tmp = out / (WEIGHTS_NAME + ".tmp")
+    save_file(sd, str(tmp), metadata={"format": "pt", "hyperscale_format": str(FORMAT_VERSION)})
+    os.replace(tmp, out / WEIGHTS_NAME)
+    (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def read_config(directory: PathLike) -> HyperscaleConfig:
+    d = Path(directory)
+    if not (d / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{d} has no {CONFIG_NAME}: give a directory written by "
+                                "HyperscaleModel.save_pretrained or `hyperscale export`")
+    return HyperscaleConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
+
+
+def read_weights(directory: PathLike) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(directory) / WEIGHTS_NAME))
+
+
+def saved_backbone(config: HyperscaleConfig, backbone: Any, directory: PathLike) -> Any:
+    """The backbone to load for a saved model: ``backbone`` if given, else the recorded ``backbone_id``."""
+    if backbone is not None:
+        return backbone
+    if config.backbone_id is None or config.backbone_id.startswith(("preset:", "<")):
+        raise ValueError(f"{directory} was trained on backbone {config.backbone_id!r}, which cannot be reloaded "
+                         "by name; pass backbone=<the T5 model or its directory>")
+    return config.backbone_id
+
+
+def load_trainable_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    """Copy ``sd`` into the trainable parameters of ``model``; it must cover all of them and nothing frozen.
+
+    A tied weight may come under any of its names (DeepSpeed's consolidation writes T5's ``shared`` /
+    ``embed_tokens`` / ``lm_head`` aliases separately)."""
+    own = dict(model.named_parameters(remove_duplicate=False))
+    trainable = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    unknown = [k for k in sd if k not in own]
+    covered = {id(own[k]) for k in sd if k in own}
+    missing = sorted(n for i, n in trainable.items() if i not in covered)
+    frozen = [k for k in sd if k in own and id(own[k]) not in trainable]
+    if unknown or missing or frozen:
+        raise ValueError(f"{source} does not fit this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
+                         f", unexpected {unknown[:5]}{'...' if len(unknown) > 5 else ''}"
+                         + (f", frozen in this model {frozen[:5]}" if frozen else ""))
+    with torch.no_grad():
+        for k, v in sd.items():
+            if own[k].shape != v.shape:
+                raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+            own[k].copy_(v.to(own[k].dtype))
+
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_backbone", "backbone_hash", "frozen_params", "verify_backbone",
+           "save_pretrained", "read_config", "read_weights", "saved_backbone", "load_trainable_state_dict"]
