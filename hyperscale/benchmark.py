@@ -380,9 +380,10 @@ def _make_batch(s: BenchSettings, vocab: int) -> dict:
 
 
 def _loss(logits, labels):
-    import torch.nn.functional as F
+    """The trainer's objective (mean over examples of each example's mean token loss), for the plain rows."""
+    from .training.engine import per_example_loss
 
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    return per_example_loss(logits, labels).mean()
 
 
 def _run_config() -> Any:
@@ -558,49 +559,33 @@ def trainer_ds_config(s: BenchSettings, stage: int) -> dict:
     """The trainer's DeepSpeed config for this batch (world size 1, no accumulation) and stage."""
     from .training.ds_config import build_ds_config
 
+    return build_ds_config(bench_run_config(s, stage), 1)
+
+
+def bench_run_config(s: BenchSettings, stage: int) -> Any:
+    """The run config a trainer run of this benchmark's shape would have (world size 1, no accumulation)."""
     cfg = _run_config()
-    cfg.train.global_batch_size = s.batch
-    cfg.train.micro_batch_size = s.batch
-    cfg.train.precision = s.precision
-    cfg.train.max_steps = max(cfg.train.max_steps, s.warmup + s.steps + s.profile_steps + 1)
-    cfg.deepspeed.zero_stage = stage
-    return build_ds_config(cfg, 1)
+    train = dataclasses.replace(cfg.train, global_batch_size=s.batch, micro_batch_size=s.batch, precision=s.precision,
+                                max_steps=max(cfg.train.max_steps, s.warmup + s.steps + s.profile_steps + 1))
+    return dataclasses.replace(cfg, train=train, deepspeed=dataclasses.replace(cfg.deepspeed, zero_stage=stage))
 
 
 def _build_deepspeed(s: BenchSettings, batch: dict, stage: int) -> _Built:
-    import deepspeed
+    """HyperFormer++ under the trainer's own engine (``training.engine.build_engine``: same DeepSpeed config,
+    trainable-only parameters, checkpoint filter, ZeRO-3 persistence) and the trainer's loss."""
+    import torch
+
+    from .training.engine import build_engine, forward_loss
 
     ensure_single_process_dist(s.device)
-    ds_config = trainer_ds_config(s, stage)
-    note = ""
-
-    def init(config: dict):
-        # built on the device in the compute dtype (--build-dtype auto): the engine's bf16 cast is then a
-        # no-op; --build-dtype fp32 hands it an fp32 module, as the trainer does, and the engine casts it
-        model = _hyperscale_model(s, "hyperformer++")
-        model.to(s.device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
-        return model, engine
-
-    try:
-        model, engine = init(ds_config)
-    except NotImplementedError as e:
-        # DeepSpeed 0.19.8 rejects bf16 weights with fp32 gradient accumulation outside ZeRO; the
-        # shipped zero0_bf16 template asks for exactly that. Measure with the setting dropped, say so.
-        if "grad_accum_dtype" not in str(e) or "data_types" not in ds_config:
-            raise
-        ds_config = {k: v for k, v in ds_config.items() if k != "data_types"}
-        note = (f"trainer config rejected by DeepSpeed ({e}); measured without data_types.grad_accum_dtype "
-                "(DeepSpeed then uses its FP16_Optimizer in bf16 mode: fp32 master weights)")
-        gc.collect()
-        model, engine = init(ds_config)
+    # built on the device in the compute dtype (--build-dtype auto): the engine's bf16 cast is then a
+    # no-op; --build-dtype fp32 hands it an fp32 module, as the trainer does, and the engine casts it
+    model = _hyperscale_model(s, "hyperformer++")
+    engine = build_engine(model, trainer_ds_config(s, stage), torch.device(s.device))
     engine.train()
 
     def step():
-        out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     decoder_input_ids=batch["decoder_input_ids"], task_ids=batch["task_ids"])
-        loss = _loss(out.logits, batch["labels"])
+        loss, _ = forward_loss(engine, batch, batch["task_ids"])
         engine.backward(loss)
         engine.step()
         return loss
@@ -610,7 +595,7 @@ def _build_deepspeed(s: BenchSettings, batch: dict, stage: int) -> _Built:
     def cleanup():
         engine.destroy()
 
-    return _Built(step, "hyperformer++", "deepspeed", n_tr, n_tot, zero_stage=stage, note=note, cleanup=cleanup,
+    return _Built(step, "hyperformer++", "deepspeed", n_tr, n_tot, zero_stage=stage, cleanup=cleanup,
                   keep=[model, engine], checkpointing=checkpointing_active(model.backbone))
 
 

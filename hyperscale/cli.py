@@ -149,7 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # overrides may follow --resume: argparse mixes them only without subparsers
+        from .train import build_arg_parser
+
+        args = build_arg_parser("hyperscale train").parse_intermixed_args(argv[1:])
+        args.func = _train
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileExistsError, FileNotFoundError) as e:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.distributed as dist
 
+from . import distributed as hdist
 from .state import TrainState, rng_state, set_rng_state
 
 COMPLETE = "COMPLETE"
@@ -39,15 +39,6 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def read_pointer(ckpt_root: Path, name: str) -> Optional[str]:
@@ -77,13 +68,13 @@ def save(engine: Any, ckpt_root: Path, state: TrainState, files: dict[str, Any],
     """Save a checkpoint on every rank; returns its tag. ``files``: name -> text or a directory to copy."""
     tag = tag_for(state.step)
     target = ckpt_root / tag
-    rank = _rank()
+    rank = hdist.rank()
     if rank == 0 and target.exists():
         # an earlier, interrupted save of the same step (no COMPLETE): move it aside, never delete blindly
         if (target / COMPLETE).exists():
             raise FileExistsError(f"checkpoint {target} already exists and is complete; refusing to overwrite it")
         shutil.move(str(target), str(target) + f".incomplete-{os.getpid()}")
-    _barrier()
+    hdist.barrier()
     engine.save_checkpoint(str(ckpt_root), tag=tag, client_state={"hyperscale": state.to_dict()}, save_latest=False,
                            exclude_frozen_parameters=True)
     (target / "rng").mkdir(parents=True, exist_ok=True)
@@ -95,14 +86,14 @@ def save(engine: Any, ckpt_root: Path, state: TrainState, files: dict[str, Any],
                 shutil.copytree(content, target / name, dirs_exist_ok=True)
             else:
                 (target / name).write_text(content)
-    _barrier()
+    hdist.barrier()
     if rank == 0:
         (target / COMPLETE).write_text("ok\n")
         _atomic_write(ckpt_root / "latest", tag + "\n")
         if is_best:
             _atomic_write(ckpt_root / "best", tag + "\n")
         _prune(ckpt_root, keep_last)
-    _barrier()
+    hdist.barrier()
     return tag
 
 
@@ -126,7 +117,7 @@ def load(engine: Any, ckpt_dir: Path) -> TrainState:
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint {ckpt_dir}")
     state = TrainState.from_dict(client["hyperscale"])
-    rng_file = ckpt_dir / "rng" / f"rank-{_rank()}.pt"
+    rng_file = ckpt_dir / "rng" / f"rank-{hdist.rank()}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
     return state

@@ -11,17 +11,11 @@ import math
 from typing import Any, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..modeling.context import adapter_context
 from ..modeling.model import HyperscaleModel
-
-
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from . import distributed as hdist
 
 
 @torch.no_grad()
@@ -72,7 +66,7 @@ def predict_task(model: HyperscaleModel, tokenizer: Any, task: str, sources: Seq
                  label_strings: Optional[Sequence[str]], max_target_tokens: int, batch_size: int,
                  device: torch.device, max_source_length: int, synced_gpus: bool = False) -> list[str]:
     """Predictions for ``sources`` (all ranks return the full, ordered list)."""
-    rank, world = _dist()
+    rank, world = hdist.rank(), hdist.world_size()
     n = len(sources)
     if n == 0:
         return []
@@ -89,7 +83,5 @@ def predict_task(model: HyperscaleModel, tokenizer: Any, task: str, sources: Seq
             preds.extend(generate(model, tokenizer, task, texts, device, max_source_length, max_target_tokens,
                                   synced_gpus))
     if world > 1:
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, preds)
-        preds = [p for part in gathered for p in part]
+        preds = [p for part in hdist.all_gather_object(preds) for p in part]
     return preds[:n]

@@ -32,6 +32,8 @@ import subprocess
 from types import FrameType
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
+from . import distributed as hdist
+
 __all__ = ["PreemptionHandler", "DEFAULT_SIGNALS"]
 
 logger = logging.getLogger(__name__)
@@ -153,27 +155,15 @@ class PreemptionHandler:
 
         Call it on all ranks at the same point (after each optimizer step).  With
         ``torch.distributed`` initialised and more than one rank, the local flags are
-        all-reduced with MAX (on the current CUDA device for NCCL, on CPU otherwise); without
-        it the local flag is returned.  Once True it stays True without communicating again.
+        all-reduced with MAX (:func:`hyperscale.training.distributed.any_rank`, on the group's
+        communication device); without it the local flag is returned.  Once True it stays True without communicating again.
         """
         if self._stop:
             return True
         self._calls += 1
         if (self._calls - 1) % self.check_every != 0:
             return False
-        local = self._flag
-        dist = _initialized_dist()
-        if dist is not None and dist.get_world_size() > 1:
-            import torch
-
-            backend = str(dist.get_backend()).lower()
-            device = (torch.device("cuda", torch.cuda.current_device())
-                      if "nccl" in backend and torch.cuda.is_available() else torch.device("cpu"))
-            t = torch.tensor([1 if local else 0], dtype=torch.int32, device=device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            decided = bool(t.item())
-        else:
-            decided = local
+        decided = hdist.any_rank(self._flag)  # one MAX all-reduce on the communication device
         if decided:
             self._stop = True
             sig = self._last_signal.name if self._last_signal else "a peer's signal"
@@ -185,9 +175,8 @@ class PreemptionHandler:
         return os.environ if self._env is None else self._env
 
     def _rank(self) -> int:
-        dist = _initialized_dist()
-        if dist is not None:
-            return dist.get_rank()
+        if hdist.is_initialized():
+            return hdist.rank()
         try:
             return int(self._env_map().get("RANK", "0"))
         except ValueError:
@@ -209,10 +198,9 @@ class PreemptionHandler:
         ``sys.exit(0)`` right after.  Outside SLURM it only logs how to resume.  Returns True
         on the rank that requeued successfully.
         """
-        dist = _initialized_dist()
-        if dist is not None and dist.get_world_size() > 1:
+        if hdist.world_size() > 1:
             try:
-                dist.barrier()
+                hdist.barrier()
             except Exception as e:  # a dead peer must not stop rank 0 from requeueing
                 logger.warning("preemption: barrier before requeue failed: %s", e)
         job_id = self._env_map().get("SLURM_JOB_ID") or self._env_map().get("SLURM_JOBID")
@@ -269,17 +257,6 @@ class PreemptionHandler:
     def __repr__(self) -> str:
         return (f"PreemptionHandler(signals={[s.name for s in self.signals]}, "
                 f"received={self._flag}, count={self._signal_count}, stop={self._stop})")
-
-
-def _initialized_dist() -> Any:
-    """``torch.distributed`` if it is available and initialised, else None."""
-    try:
-        import torch.distributed as dist
-    except Exception:  # pragma: no cover - torch is a hard dependency of the trainer
-        return None
-    if dist.is_available() and dist.is_initialized():
-        return dist
-    return None
 
 
 def _run_command(cmd: Sequence[str]) -> tuple[int, str]:

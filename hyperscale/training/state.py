@@ -19,6 +19,9 @@ class TrainState:
     best_tag: Optional[str] = None
     config_fingerprint: str = ""
     backbone_hash: Optional[str] = None
+    # the learning-rate schedule the optimizer ran under (see engine.continue_schedule):
+    # {"peak_lr", "warmup_steps", "total_steps"}
+    schedule: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,9 +1,9 @@
 """distributed.check_task_sync: the ranks' slices must put together the step's global batch."""
 import pytest
 
-import hyperscale.train as train_mod
 from hyperscale.data.sampler import MultiTaskSampler
-from hyperscale.train import Recipe
+from hyperscale.training import distributed as hdist
+from hyperscale.training.recipe import Recipe
 from hyperscale.training.state import TrainState
 
 
@@ -15,10 +15,7 @@ def _recipe(mode: str) -> Recipe:
 
 
 def _fake_gather(monkeypatch, slices):
-    def all_gather_object(out, obj):
-        out[:] = slices
-
-    monkeypatch.setattr(train_mod.dist, "all_gather_object", all_gather_object)
+    monkeypatch.setattr(hdist, "all_gather_object", lambda obj: list(slices))
 
 
 @pytest.mark.parametrize("mode", ["same-task", "mixed"])

@@ -2,17 +2,18 @@
 
 One process (world size 1) is enough to see partitioning: a ZeRO-3 parameter's local ``.data`` is
 empty unless it is gathered. The persistence threshold is lowered to 100 elements so that, without
-hyperscale's ``_persist_bank``, every bank tensor would be partitioned too.
+hyperscale's engine builder (``build_engine``), every bank tensor would be partitioned too.
 """
 from __future__ import annotations
 
-import os
 import socket
 
 import pytest
 import torch
 
 import deepspeed
+
+from hyperscale.training.engine import build_engine
 
 
 def _free_port() -> int:
@@ -21,20 +22,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def dist_env():
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(_free_port()))
-    deepspeed.init_distributed()
-    yield
-    # leave no process group behind for later tests in this pytest process
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+@pytest.fixture
+def dist_env(world1_group):
+    """The session's world-size-1 group (tests/conftest.py)."""
 
 
 def _engine(stage: int, persist: bool):
     from hyperscale.modeling import HyperscaleModel
-    from hyperscale.train import Recipe
     from hyperscale.training.config import load_config
     from hyperscale.training.ds_config import build_ds_config
 
@@ -49,12 +43,11 @@ def _engine(stage: int, persist: bool):
     for mod in model.modules():
         if isinstance(mod, torch.nn.Dropout):
             mod.p = 0.0
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-                                      config=ds)
-    if persist:
-        recipe = Recipe.__new__(Recipe)
-        recipe.engine, recipe.model = engine, model
-        recipe._persist_bank()
+    if persist:  # the trainer's (and the benchmark's) engine
+        engine = build_engine(model, ds, torch.device("cpu"))
+    else:
+        engine, *_ = deepspeed.initialize(model=model, config=ds,
+                                          model_parameters=[p for p in model.parameters() if p.requires_grad])
     return engine, model
 
 
@@ -87,7 +80,7 @@ def test_zero3_shards_backbone_keeps_bank_whole_and_matches_zero2(dist_env):
 
 
 def test_zero3_without_persistence_partitions_bank(dist_env):
-    """The control: the same engine without _persist_bank leaves large bank tensors partitioned."""
+    """The control: the same engine without the builder's persistence leaves large bank tensors partitioned."""
     engine, model = _engine(3, persist=False)
     _steps(engine, 1)
     partitioned = [n for n, p in model.bank.named_parameters() if p.data.numel() != p.ds_numel]

@@ -22,11 +22,6 @@ for p in (str(REPO), str(HERE)):
 from training_helpers import Run, Runs  # noqa: E402
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "distributed: launches DeepSpeed training runs (torchrun with 2 processes "
-                            "over gloo on CPU, or one plain process); deselect with -m 'not distributed'")
-
-
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Run]:
     return Runs(tmp_path_factory.mktemp("runs"))

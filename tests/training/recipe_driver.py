@@ -15,7 +15,8 @@ import sys
 
 import torch
 
-from hyperscale.train import Recipe, build_arg_parser
+from hyperscale.train import build_arg_parser
+from hyperscale.training.recipe import Recipe
 from hyperscale.training.config import load_config
 
 N_PROBE = 4  # examples per task

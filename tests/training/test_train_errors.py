@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperscale.train import Recipe
+from hyperscale.training.recipe import Recipe
 from hyperscale.training.config import ConfigError, load_config
 from training_helpers import TINY, launch, log_tail
 
@@ -67,7 +67,7 @@ def _recipe(run_dir: Path, overrides: list[str], resume) -> Recipe:
 ])
 def test_incompatible_resume_names_the_difference(existing_run: Path, override: str, key: str):
     with pytest.raises(ConfigError) as info:
-        _recipe(existing_run, [override], "auto")._check_resumable()
+        _recipe(existing_run, [override], "auto")._resume_point()
     msg = str(info.value)
     assert "cannot resume" in msg and key in msg and "in the checkpoint" in msg
 
@@ -75,8 +75,8 @@ def test_incompatible_resume_names_the_difference(existing_run: Path, override: 
 def test_compatible_resume_passes_the_check(existing_run: Path):
     # what does not change the weights may change: dropout, steps, lr, stage, precision
     _recipe(existing_run, ["model.dropout=0.2", "train.max_steps=20", "train.lr=1e-4",
-                           "deepspeed.zero_stage=2"], "auto")._check_resumable()
-    _recipe(existing_run, [], str(existing_run / "checkpoints" / "step-00000008"))._check_resumable()
+                           "deepspeed.zero_stage=2"], "auto")._resume_point()
+    _recipe(existing_run, [], str(existing_run / "checkpoints" / "step-00000008"))._resume_point()
 
 
 def test_output_dir_checks(existing_run: Path, tmp_path: Path):
@@ -85,4 +85,4 @@ def test_output_dir_checks(existing_run: Path, tmp_path: Path):
     _recipe(existing_run, [], "auto")._check_output_dir()  # continuing is fine
     _recipe(tmp_path / "new", [], None)._check_output_dir()  # a new directory is fine
     with pytest.raises(FileNotFoundError, match="no complete hyperscale checkpoint"):
-        _recipe(tmp_path / "new", [], str(tmp_path / "missing"))._check_resumable()
+        _recipe(tmp_path / "new", [], str(tmp_path / "missing"))._resume_point()

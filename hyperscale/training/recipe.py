@@ -1,0 +1,530 @@
+"""The training recipe behind ``hyperscale train`` and ``python -m hyperscale.train``.
+
+torchtune's shape: :class:`Recipe` declares all of its state in ``__init__``; ``setup`` builds the
+distributed environment, data, model and engine and resumes; ``train`` is a loop that reads top to
+bottom (sample, forward, backward, step, then log, eval and save on their own intervals); ``evaluate``,
+``save``, ``load`` and ``finish`` do what they say.
+
+Features: DeepSpeed ZeRO 0-3 over a frozen T5 (bf16 by default), a global batch that means the same on
+any number of ranks, a resumable temperature-based multi-task sampler, checkpoints that hold only the
+trainable weights, preemption (SIGUSR1/SIGTERM: checkpoint at the next step boundary, requeue), and an
+export to standalone weights at the end. A finished run resumed again (``--resume auto``, what every
+requeue of a finished SLURM job does) prints its results, makes sure its export exists and exits 0; a
+larger ``train.max_steps`` on resume extends the run with a continuous learning rate
+(:func:`hyperscale.training.engine.continue_schedule`).
+
+Step statistics (per-task loss sums, example and token counts) stay on the training device; they are
+all-reduced and copied to the host once per logging window (and before an eval, a save or a stop), not
+per micro-batch.
+
+Raises ``ConfigError`` (bad or incompatible configuration, a resume that does not match the run),
+``FileExistsError`` (``output_dir`` already holds a run and no ``--resume``) and ``FileNotFoundError``
+(nothing to resume at an explicit path).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.loading import columns_as_lists, load_multitask_splits, protocol_fingerprint
+from ..data.metrics import average_metrics, compute_task_metrics
+from ..data.sampler import MultiTaskSampler
+from ..data.tasks import get_task
+from ..data.tokenization import Seq2SeqCollator, default_tokenizer, load_tokenizer, tokenize_splits
+from ..modeling.model import HyperscaleConfig, HyperscaleModel, load_backbone
+from . import checkpoint as ckpt
+from . import distributed as hdist
+from . import engine as eng
+from .config import ConfigError, RunConfig, resume_differences
+from .ds_config import build_ds_config
+from .evaluate import predict_task
+from .export import export_checkpoint
+from .logging import RunLogger
+from .preemption import PreemptionHandler
+from .state import TrainState, seed_everything
+
+log0 = hdist.log0
+
+
+class Recipe:
+    def __init__(self, cfg: RunConfig, resume: Optional[str] = None):
+        self.cfg = cfg
+        self.resume = resume if resume is not None else cfg.checkpoint.resume
+        self.output_dir = Path(cfg.output_dir).resolve()
+        self.ckpt_root = self.output_dir / "checkpoints"
+        self.tasks: list[str] = list(cfg.data.tasks)
+        self.task_to_id = {t: i for i, t in enumerate(self.tasks)}
+        # distributed
+        self.rank, self.local_rank, self.world = 0, 0, 1
+        self.device = torch.device("cpu")
+        # what setup builds
+        self.resume_from: Optional[Path] = None  # the checkpoint this run continues from
+        self.finished = False  # the checkpoint is already at train.max_steps: nothing to train
+        self.tokenizer: Any = None
+        self.data: dict = {}
+        self.protocol: dict = {}
+        self.collate: Optional[Seq2SeqCollator] = None
+        self.train_columns: dict = {}
+        self.sampler: Optional[MultiTaskSampler] = None
+        self.ds_config: dict = {}
+        self.model: Optional[HyperscaleModel] = None
+        self.engine: Any = None
+        self.logger: Optional[RunLogger] = None
+        self.preempt: Optional[PreemptionHandler] = None
+        # mutable training state: checkpointed (TrainState) or derived per process
+        self.state = TrainState()
+        self.results: dict = {}  # split -> evaluation result of this process's latest evaluation
+        self.last_tag: Optional[str] = None  # the newest checkpoint tag of this run
+        self.pending: list[torch.Tensor] = []  # per-step statistics not yet on the host (on self.device)
+        self.pending_lr: list[float] = []
+        self.window = self._empty_window()
+        self.own_grad_norm: Optional[torch.Tensor] = None  # measured by the trainer (bare fp32 optimizer)
+
+    # ================================================================== setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        info = hdist.init(cfg.distributed.timeout_s, cfg.train.device)
+        self.rank, self.local_rank, self.world, self.device = info.rank, info.local_rank, info.world_size, info.device
+        self._check_output_dir()
+        saved = self._resume_point()
+        if saved is not None:
+            self.last_tag = self.resume_from.name
+            self.finished = saved.step >= cfg.train.max_steps
+            if self.finished and (self.output_dir / "results.json").is_file():
+                self.state = saved  # nothing to build: finish() reports the finished run
+                self.results = json.loads((self.output_dir / "results.json").read_text())
+                return
+        seed_everything(cfg.train.seed + self.rank)
+        self._setup_data()
+        self.ds_config = build_ds_config(cfg, self.world)
+        self._setup_model()
+        self.engine = eng.build_engine(self.model, self.ds_config, self.device, sharded=cfg.deepspeed.build_sharded)
+        if self.resume_from is not None:
+            self.load(self.resume_from)
+            self.finished = self.state.step >= cfg.train.max_steps
+        self.state.config_fingerprint = cfg.model_fingerprint()
+        self.state.backbone_hash = self.model.config.backbone_hash
+        self.state.schedule = eng.schedule_state(self.engine, cfg.train.lr)
+        if self.rank == 0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._write_once("config.yaml", cfg.to_yaml())
+            self._write_once("data_protocol.json", json.dumps(self.protocol, indent=2) + "\n")
+        self.logger = RunLogger(self.output_dir, self.rank, cfg.logging.tensorboard,
+                                resume_step=self.state.step if self.resume_from is not None else None)
+        if self.resume_from is None:
+            self.logger.text("config", "```\n" + cfg.to_yaml() + "\n```")
+        self.preempt = PreemptionHandler().install()
+
+    def _write_once(self, name: str, text: str) -> None:
+        """Write a run file; a resumed run whose file differs keeps the original and writes its own
+        version next to it (``config.resumed-step-00000400.yaml``), never overwriting what was written."""
+        path = self.output_dir / name
+        if path.exists() and path.read_text() != text:
+            stem, dot, ext = name.partition(".")
+            path = self.output_dir / f"{stem}.resumed-step-{self.state.step:08d}{dot}{ext}"
+            log0(f"{name} differs from the run's original; this resume's version: {path.name}")
+        if not path.exists():
+            path.write_text(text)
+
+    def _check_output_dir(self) -> None:
+        has_run = ckpt.find_latest(self.ckpt_root) is not None or (self.output_dir / "train_log.jsonl").exists()
+        if has_run and not self.resume:
+            raise FileExistsError(
+                f"output_dir {self.output_dir} already holds a run; continue it with --resume auto, or choose "
+                "another output_dir (nothing is overwritten)")
+
+    def _resume_point(self) -> Optional[TrainState]:
+        """Find the checkpoint to continue from and refuse an incompatible one before data, model and engine
+        are built (DeepSpeed fails on mismatched shapes, unclearly). Returns its recorded TrainState."""
+        if not self.resume:
+            return None
+        self.resume_from = ckpt.resolve_checkpoint(self.resume, self.output_dir)
+        if self.resume_from is None:
+            if self.resume != "auto":
+                raise FileNotFoundError(f"nothing to resume at {self.resume}")
+            return None
+        saved = ckpt.read_trainer_state(self.resume_from)
+        if saved is not None:
+            self._check_fingerprint(self.resume_from, saved.config_fingerprint)
+        return saved
+
+    def _check_fingerprint(self, ckpt_dir: Path, saved_fingerprint: str) -> None:
+        fp = self.cfg.model_fingerprint()
+        if not saved_fingerprint or saved_fingerprint == fp:
+            return
+        saved_cfg = ckpt_dir / "run_config.yaml"
+        diffs = resume_differences(saved_cfg, self.cfg) if saved_cfg.is_file() else []
+        what = "; ".join(diffs) if diffs else f"fingerprint {saved_fingerprint} != {fp}"
+        raise ConfigError(
+            f"cannot resume from {ckpt_dir}: its model/tasks configuration differs from this run's ({what}). "
+            f"Tasks, method and sizes must match (compare with {saved_cfg}); start a new output_dir for a "
+            "different configuration")
+
+    def _setup_data(self) -> None:
+        cfg, d = self.cfg, self.cfg.data
+        self.tokenizer = default_tokenizer() if d.tokenizer == "default" else load_tokenizer(d.tokenizer)
+        data_dir = None if d.data_dir == "sample" else d.data_dir
+        splits = load_multitask_splits(d.tasks, data_dir, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
+                                       seed=d.split_seed, stsb_grid=d.stsb_grid,
+                                       add_prefix=cfg.model.method == "finetune")
+        self.protocol = protocol_fingerprint(splits)
+        cache_dir = Path(d.cache_dir) if d.cache_dir else None
+        if self.rank == 0:  # rank 0 fills the cache, the others read it
+            self.data = tokenize_splits(splits, self.tokenizer, d.max_source_length, d.max_target_length, cache_dir)
+        hdist.barrier()
+        if self.rank != 0:
+            self.data = tokenize_splits(splits, self.tokenizer, d.max_source_length, d.max_target_length, cache_dir)
+        self.collate = Seq2SeqCollator(pad_token_id=self.tokenizer.pad_token_id, task_to_id=self.task_to_id)
+        # the training columns as Python lists: row access through `datasets` costs ~100x more per example
+        self.train_columns = {t: columns_as_lists(self.data[t]["train"], ["input_ids", "labels"]) for t in self.tasks}
+        sizes = {t: len(self.train_columns[t]["input_ids"]) for t in self.tasks}
+        lengths = ({t: [len(x) for x in self.train_columns[t]["input_ids"]] for t in self.tasks}
+                   if cfg.sampler.group_by_length else None)
+        self.sampler = MultiTaskSampler(sizes, cfg.train.global_batch_size, seed=cfg.train.seed,
+                                        temperature=cfg.sampler.temperature, mode=cfg.sampler.mode,
+                                        group_by_length=cfg.sampler.group_by_length, lengths=lengths)
+        log0(f"data: {', '.join(f'{t} {n}' for t, n in sizes.items())} training examples")
+
+    def _resolve_backbone(self) -> str:
+        """A ``preset:`` backbone is created once (seeded), saved into the run and loaded back from disk."""
+        spec = self.cfg.model.backbone
+        if not spec.startswith("preset:"):
+            return spec
+        target = self.output_dir / "backbone"
+        if self.rank == 0 and not (target / "config.json").exists():
+            torch.manual_seed(self.cfg.model.init_seed)
+            model, _ = load_backbone(spec)
+            model.save_pretrained(str(target))
+            torch.manual_seed(self.cfg.train.seed + self.rank)
+        hdist.barrier()
+        return str(target)
+
+    def _setup_model(self) -> None:
+        m = self.cfg.model
+        backbone = self._resolve_backbone()
+        # the run config's model section names the architecture fields of HyperscaleConfig one to one
+        arch = {f: getattr(m, f) for f in HyperscaleConfig.__dataclass_fields__ if hasattr(m, f)}
+        with eng.sharded_construction(self.ds_config, self.cfg.deepspeed.build_sharded):
+            self.model = HyperscaleModel.from_backbone(backbone, self.tasks, **arch)
+        if m.dropout is not None:
+            self.model.backbone.config.dropout_rate = m.dropout
+            for mod in self.model.backbone.modules():
+                if isinstance(mod, torch.nn.Dropout):
+                    mod.p = m.dropout
+        if m.gradient_checkpointing:
+            self.model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.cfg.train.precision == "fp16":
+            log0("warning: fp16 with T5 overflows easily (inf activations); bf16 is the supported precision")
+        report = self.model.parameter_report()
+        log0(f"model: {m.method} on {backbone}: {report['trainable']:,} trainable of {report['backbone']:,} "
+             f"backbone parameters ({report['percent_per_task']:.3f} % per task)")
+
+    # ================================================================== train
+    def train(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        if self.finished:
+            log0(f"the run is complete: its checkpoint {self.last_tag} is at step {self.state.step} >= "
+                 f"train.max_steps={t.max_steps}; raise train.max_steps to train on")
+            if not self.results and self.engine is not None:  # finished, but its final results were never written
+                self._eval_and_track(final=True)
+            return self.results
+        bar = self._progress_bar()
+        self.window = self._empty_window()
+        # DeepSpeed records the global gradient norm only through its own optimizer wrappers (ZeRO, bf16,
+        # fp16); with a bare fp32 optimizer (ZeRO-0, fp32) the trainer measures it itself
+        e = self.engine
+        measure_grad_norm = not (e.zero_optimization() or e.bfloat16_enabled() or e.fp16_enabled())
+        mb = t.micro_batch_size
+        while self.state.step < t.max_steps:
+            if self.preempt.should_stop():
+                self._preempted()
+            # ---- sample, forward, backward, step
+            examples = self.sampler.next_rank_batch(self.rank, self.world)
+            if cfg.distributed.check_task_sync:
+                self._check_task_sync(examples)
+            loss_sums = torch.zeros(len(self.tasks), device=self.device)
+            counts = torch.zeros(2, len(self.tasks))  # on the host: examples and tokens per task
+            for i in range(0, len(examples), mb):
+                batch, task_ids = self._collate(examples[i:i + mb], counts)
+                loss, per_example = eng.forward_loss(self.engine, batch, task_ids)
+                self.engine.backward(loss)
+                if measure_grad_norm and self.engine.is_gradient_accumulation_boundary():
+                    self.own_grad_norm = self._trainable_grad_norm()
+                self.engine.step()
+                loss_sums.index_add_(0, batch["task_index"], per_example.detach().float())
+            self.state.step += 1
+            self.state.sampler = self.sampler.state_dict()
+            self.pending.append(torch.cat([loss_sums.unsqueeze(0), counts.to(self.device)]))
+            self.pending_lr.append(self.engine.get_lr()[0])
+            if bar is not None:
+                bar.update(1)
+            # ---- log
+            final = self.state.step == t.max_steps
+            if self.state.step % cfg.logging.every_steps == 0 or final:
+                self._flush_stats(bar)
+                self._log_window()
+            # ---- eval
+            is_best = False
+            if (cfg.eval.every_steps and self.state.step % cfg.eval.every_steps == 0) or final:
+                is_best = self._eval_and_track(final)
+            # ---- save
+            if (cfg.checkpoint.every_steps and self.state.step % cfg.checkpoint.every_steps == 0) or final or is_best:
+                self.save(is_best=is_best)
+        if bar is not None:
+            bar.close()
+        return self.results
+
+    def _progress_bar(self) -> Any:
+        if self.rank != 0 or not self.cfg.logging.progress_bar:
+            return None
+        return tqdm(total=self.cfg.train.max_steps, initial=self.state.step, desc="train", dynamic_ncols=True,
+                    file=sys.stderr)
+
+    def _collate(self, examples: list, counts: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """A micro-batch on the training device; adds its examples and tokens per task to ``counts`` (host).
+        Returns (batch, task ids on the host for the model's adapter context)."""
+        feats = []
+        for task, idx in examples:
+            cols = self.train_columns[task]
+            feats.append({"input_ids": cols["input_ids"][int(idx)], "labels": cols["labels"][int(idx)], "task": task})
+        batch = self.collate(feats)
+        task_ids = batch.pop("task_ids")
+        counts[0].index_add_(0, task_ids, torch.ones(len(task_ids)))
+        counts[1].index_add_(0, task_ids, (batch["attention_mask"].sum(1) + (batch["labels"] != -100).sum(1)).float())
+        on_device = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        on_device["task_index"] = task_ids.to(self.device, non_blocking=True)
+        return on_device, task_ids
+
+    @torch.no_grad()
+    def _trainable_grad_norm(self) -> torch.Tensor:
+        """L2 norm of the (already all-reduced) gradients before clipping, as DeepSpeed's clipping sees them;
+        a device tensor (read on the host only when logged)."""
+        norms = [p.grad.detach().float().norm() for p in self.engine.module.parameters()
+                 if p.requires_grad and p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=self.device)
+
+    def _check_task_sync(self, examples: list) -> None:
+        """Debug check (``distributed.check_task_sync``): the slices the ranks are about to train on,
+        put together in rank order, must be exactly the global batch of this step that every rank
+        derives from (seed, step). Fails loudly, naming the ranks that disagree."""
+        step = self.state.step
+        expected = [(str(t), int(i)) for t, i in self.sampler.global_batch(step)]
+        mine = [(str(t), int(i)) for t, i in examples]
+        slices = hdist.all_gather_object(mine)
+        per_rank = len(expected) // self.world
+        bad = [r for r, got in enumerate(slices) if got != expected[r * per_rank:(r + 1) * per_rank]]
+        if bad:
+            tasks = {r: sorted({t for t, _ in slices[r]}) for r in bad}
+            raise RuntimeError(
+                f"task sync check failed at step {step} on rank {self.rank}: ranks {bad} train on examples that "
+                f"are not their slice of the global batch (their tasks: {tasks}); different seeds, data or "
+                "sampler state across ranks?")
+
+    # ---------------------------------------------------------------- statistics
+    def _empty_window(self) -> dict:
+        return {"loss_sum": torch.zeros(len(self.tasks)), "count": torch.zeros(len(self.tasks)), "tokens": 0.0,
+                "start": time.perf_counter(), "lr": 0.0}
+
+    def _flush_stats(self, bar: Any = None) -> None:
+        """Bring the pending steps' statistics to the host: one all-reduce and one copy for all of them.
+        Writes each step's line of ``train_log.jsonl`` and the samples/tokens counters."""
+        if not self.pending:
+            return
+        stats = hdist.all_reduce(torch.stack(self.pending)).cpu()  # [steps, 3, tasks]
+        first = self.state.step - len(self.pending) + 1
+        for k, (s, lr) in enumerate(zip(stats, self.pending_lr)):
+            loss = float(s[0].sum() / s[1].sum().clamp(min=1))
+            self.logger.record({"step": first + k, "loss": loss, "lr": lr,
+                                "tasks": {self.tasks[i]: int(c) for i, c in enumerate(s[1].tolist()) if c}})
+            self.window["loss_sum"] += s[0]
+            self.window["count"] += s[1]
+            self.window["tokens"] += float(s[2].sum())
+            self.window["lr"] = lr
+            self.state.samples_seen += int(s[1].sum())
+            self.state.tokens_seen += int(s[2].sum())
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        self.pending, self.pending_lr = [], []
+
+    def _log_window(self) -> None:
+        w, step = self.window, self.state.step
+        seconds = max(time.perf_counter() - w["start"], 1e-9)
+        count = w["count"].sum().clamp(min=1)
+        scalars = {"train/loss": float(w["loss_sum"].sum() / count), "train/lr": w["lr"],
+                   "train/samples_per_s": float(w["count"].sum()) / seconds,
+                   "train/tokens_per_s": w["tokens"] / seconds,
+                   "train/skipped_steps": float(getattr(self.engine, "skipped_steps", 0))}
+        gn = self.engine.get_global_grad_norm()
+        if gn is None and self.own_grad_norm is not None:
+            gn = self.own_grad_norm
+        if gn is not None:
+            scalars["train/grad_norm"] = float(gn)
+        for i, task in enumerate(self.tasks):
+            scalars[f"train/task_count/{task}"] = float(w["count"][i])
+            if w["count"][i] > 0:
+                scalars[f"train/loss/{task}"] = float(w["loss_sum"][i] / w["count"][i])
+        self.logger.scalars(step, scalars)
+        self.logger.flush()
+        self.window = self._empty_window()
+
+    # ================================================================== eval
+    def _eval_and_track(self, final: bool) -> bool:
+        self._flush_stats()
+        splits = [s for s in self.cfg.eval.splits if final or s == "validation"]
+        results = {s: self.evaluate(s) for s in splits}
+        self.results.update(results)
+        if "validation" not in results:
+            return False
+        score = results["validation"]["average"]["mean_all_metrics"]
+        if self.state.best_metric is None or score > self.state.best_metric:
+            self.state.best_metric = score
+            self.state.best_tag = ckpt.tag_for(self.state.step)
+            return True
+        return False
+
+    def evaluate(self, split: str) -> dict:
+        e = self.cfg.eval
+        module = self.engine.module
+        was_training = module.training
+        module.eval()
+        per_task = {}
+        t0 = time.perf_counter()
+        for task in self.tasks:
+            ds = self.data[task][split]
+            n = len(ds) if e.max_examples is None else min(len(ds), e.max_examples)
+            rows = ds.select(range(n))
+            spec = get_task(task)
+            labels = None if spec.is_regression else list(spec.label_strings())
+            preds = predict_task(module, self.tokenizer, task, rows["source"], mode=e.mode, label_strings=labels,
+                                 max_target_tokens=spec.max_target_length + 1, batch_size=e.batch_size,
+                                 device=self.device, max_source_length=self.cfg.data.max_source_length,
+                                 synced_gpus=self.cfg.deepspeed.zero_stage == 3 and self.world > 1)
+            per_task[task] = compute_task_metrics(task, preds, rows["target"])
+        if was_training:
+            module.train()
+        result = {"step": self.state.step, "split": split, "tasks": per_task, "average": average_metrics(per_task),
+                  "seconds": time.perf_counter() - t0}
+        if self.rank == 0:
+            out = self.output_dir / "eval"
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{split}-step-{self.state.step:08d}.json").write_text(json.dumps(result, indent=2) + "\n")
+            scalars = {f"eval/{split}/{k}": v for k, v in result["average"].items()}
+            for task, metrics in per_task.items():
+                scalars.update({f"eval/{split}/{task}/{k}": v for k, v in metrics.items()})
+            self.logger.scalars(self.state.step, scalars)
+        return result
+
+    # ================================================================== save / load
+    def save(self, is_best: bool = False) -> str:
+        """Checkpoint this step on every rank. A step saved already by this process (a preemption right after
+        a checkpoint step) is not written again."""
+        tag = ckpt.tag_for(self.state.step)
+        if self.last_tag == tag:
+            return tag
+        self._flush_stats()
+        files = {"hyperscale_config.json": json.dumps(self.model.config.to_dict(), indent=2, sort_keys=True) + "\n",
+                 "run_config.yaml": self.cfg.to_yaml()}
+        tok_dir = self.output_dir / "tokenizer"
+        if self.rank == 0 and not tok_dir.exists():
+            self.tokenizer.save_pretrained(str(tok_dir))
+        files["tokenizer"] = tok_dir
+        self.last_tag = ckpt.save(self.engine, self.ckpt_root, self.state, files, self.cfg.checkpoint.keep_last,
+                                  is_best)
+        log0(f"saved checkpoint {self.ckpt_root / self.last_tag}")
+        return self.last_tag
+
+    def load(self, ckpt_dir: Path) -> None:
+        saved = ckpt.read_trainer_state(ckpt_dir)
+        if saved is not None:  # check before DeepSpeed loads (it fails on mismatched shapes, unclearly)
+            self._check_backbone(ckpt_dir, saved.backbone_hash)
+        state = ckpt.load(self.engine, ckpt_dir)
+        if saved is None:  # an old checkpoint without trainer_state.json: check what DeepSpeed's client state says
+            self._check_fingerprint(ckpt_dir, state.config_fingerprint)
+            self._check_backbone(ckpt_dir, state.backbone_hash)
+        self.state = state
+        self.sampler.load_state_dict(state.sampler)
+        note = eng.continue_schedule(self.engine, state.schedule, self.cfg.train.lr)
+        log0(f"resumed from {ckpt_dir} at step {state.step}" + (f"; {note}" if note else ""))
+
+    def _check_backbone(self, ckpt_dir: Path, saved_hash: Optional[str]) -> None:
+        if saved_hash and self.model.config.backbone_hash and saved_hash != self.model.config.backbone_hash:
+            raise ConfigError(f"cannot resume from {ckpt_dir}: the backbone's weights differ from the ones it was "
+                              "trained on (hash mismatch); load the original backbone")
+
+    def _preempted(self) -> None:
+        log0(f"preemption signal: saving at step {self.state.step}")
+        self.save()
+        self.preempt.requeue()
+        self.logger.close()
+        hdist.barrier()
+        sys.exit(0)
+
+    # ================================================================== finish
+    def finish(self) -> dict:
+        """Export the last checkpoint to standalone weights (unless that export exists) and print the result
+        table (rank 0)."""
+        summary = {"checkpoint": str(self.ckpt_root / (self.last_tag or "")),
+                   "tensorboard": str(self.output_dir / "tensorboard")}
+        if self.rank == 0:
+            summary["export"] = str(self._ensure_export())
+            out = self.output_dir / "results.json"
+            if self.engine is not None:  # a finished run's results are already on disk
+                self._write_results(out)
+            print(format_results(self.results), flush=True)
+            for k, v in summary.items():
+                print(f"{k:>12}: {v}", flush=True)
+        hdist.barrier()
+        if self.logger is not None:
+            self.logger.close()
+        return summary
+
+    def _ensure_export(self) -> Path:
+        """``RUN/export`` holds the export of the last checkpoint; an export of an earlier step stays where it
+        is and this one goes to ``RUN/export-step-N``."""
+        for export_dir in (self.output_dir / "export", self.output_dir / f"export-step-{self.state.step:08d}"):
+            config = export_dir / "hyperscale_config.json"
+            if not config.exists():
+                export_checkpoint(self.ckpt_root / self.last_tag, export_dir)
+                (export_dir / "export_info.json").write_text(json.dumps({"step": self.state.step}) + "\n")
+                return export_dir
+            if self._export_step(export_dir) == self.state.step:
+                return export_dir
+        return export_dir
+
+    def _export_step(self, export_dir: Path) -> Optional[int]:
+        try:
+            return int(json.loads((export_dir / "export_info.json").read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _write_results(self, out: Path) -> None:
+        if out.exists():  # a resumed run finishing again: keep the earlier summary under its step
+            try:
+                earlier = max(int(r["step"]) for r in json.loads(out.read_text()).values())
+            except (ValueError, KeyError, TypeError, AttributeError):
+                earlier = "unknown"
+            keep = self.output_dir / f"results.step-{earlier}.json"
+            if not keep.exists():
+                os.replace(out, keep)
+        out.write_text(json.dumps(self.results, indent=2) + "\n")
+
+
+def format_results(results: dict) -> str:
+    if not results:
+        return "(no evaluation results)"
+    lines = []
+    for split, res in results.items():
+        lines.append(f"\n{split} (step {res['step']}):")
+        lines.append(f"  {'task':<10} metrics")
+        for task, metrics in res["tasks"].items():
+            lines.append(f"  {task:<10} " + "  ".join(f"{k} {v:6.2f}" for k, v in metrics.items()))
+        avg = res["average"]
+        lines.append(f"  {'average':<10} " + "  ".join(f"{k} {v:6.2f}" for k, v in avg.items()))
+    return "\n".join(lines)

@@ -1,0 +1,37 @@
+"""Markers shared by the whole suite."""
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "distributed: launches DeepSpeed training runs (torchrun with 2 processes "
+                            "over gloo on CPU, or one plain process); deselect with -m 'not distributed'")
+
+
+@pytest.fixture(scope="module")
+def world1_group():
+    """A world-size-1 process group (gloo) for a module's in-process DeepSpeed tests, destroyed afterwards (later
+    tests expect no group). DeepSpeed caches a clone of the world group process-wide; the cache is cleared with
+    the group, or the next module's engines would use the dead one ("Group ... is not registered")."""
+    import os
+    import socket
+
+    import deepspeed
+    import torch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    deepspeed.init_distributed()
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    from deepspeed.utils import groups
+
+    groups._WORLD_GROUP = None
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
