@@ -75,32 +75,8 @@ LOG="$OUT/gpu_run.log"
 log() { echo "[gpu_run $(date +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
 
 # ------------------------------------------------------------------------------------------ install
-install_wheels() {
-  if [ "${BENCH_FORCE_INSTALL:-0}" != 1 ] && "$PY" -c \
-      "import deepspeed, sys; sys.exit(0 if deepspeed.__version__ == '0.19.8' else 1)" 2>/dev/null; then
-    log "deepspeed 0.19.8 already importable: installing nothing"
-    return 0
-  fi
-  if [ ! -f "$WHEELS/MANIFEST" ]; then
-    log "no $WHEELS/MANIFEST: run benchmarks/fetch_wheels.sh where PyPI is reachable and carry benchmarks/wheels"
-    return 1
-  fi
-  local wheels=() kind mod whl
-  while read -r kind mod whl; do
-    case "$kind" in required|optional) ;; *) continue ;; esac
-    if [ "$kind" = optional ] && "$PY" -c "import $mod" 2>/dev/null; then
-      log "have $mod: not installing $whl"
-      continue
-    fi
-    wheels+=("$WHEELS/$whl")
-  done < "$WHEELS/MANIFEST"
-  mkdir -p "$SITE"
-  log "installing ${#wheels[@]} wheels into $SITE"
-  if ! "$PY" -m pip install --quiet --no-index --no-deps --target "$SITE" "${wheels[@]}" >>"$LOG" 2>&1; then
-    log "pip install failed (see log): unpacking the wheels instead"
-    for w in "${wheels[@]}"; do "$PY" -m zipfile -e "$w" "$SITE" || return 1; done
-  fi
-}
+# install_wheels: shared with gpu_accept.sh (uses PY, WHEELS, SITE, LOG, log)
+. "$REPO/benchmarks/install_wheels.sh"
 
 export PYTHONPATH="$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM=false
