@@ -9,7 +9,8 @@ import argparse
 import sys
 from typing import Optional
 
-from .training.config import ConfigError, load_config
+from .errors import run_main
+from .training.config import load_config
 from .training.recipe import Recipe, format_results
 
 __all__ = ["Recipe", "build_arg_parser", "format_results", "main", "run"]
@@ -40,12 +41,7 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: Optional[list[str]] = None) -> int:
     # intermixed: overrides may come after --resume (`... --resume auto train.max_steps=2000`)
     args = build_arg_parser().parse_intermixed_args(argv)
-    try:
-        run(args)
-    except (ConfigError, FileExistsError, FileNotFoundError) as e:
-        print(f"hyperscale: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(lambda: run(args) and 0)
 
 
 if __name__ == "__main__":

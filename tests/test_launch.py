@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from hyperscale import launch, slurm_cli
+from hyperscale import launch
+from hyperscale.cli import slurm as slurm_cli
+from hyperscale.errors import ConfigError
 from hyperscale.launch import DistEnv, derive_dist_env, port_from_job_id, setup_distributed_env
 from hyperscale.training.preemption import PreemptionHandler
 
@@ -452,11 +454,11 @@ def test_slurm_writes_script_and_never_overwrites_silently(config, tmp_path):
 
 
 def test_slurm_rejects_bad_input(config):
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="--time 'tomorrow'"):
         slurm_cli.run(_parse(["slurm", str(config), "--time", "tomorrow", "--dry-run"]))
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="key.sub=value"):
         slurm_cli.run(_parse(["slurm", str(config), "notanoverride", "--dry-run"]))
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="missing.yaml not found"):
         slurm_cli.run(_parse(["slurm", "missing.yaml", "--dry-run"]))
     with pytest.raises(SystemExit):
         _parse(["slurm", str(config), "--dry-run", "--submit"])

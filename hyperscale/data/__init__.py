@@ -5,16 +5,49 @@ only by the functions that need them.
 """
 
 from .errors import DataError
-from .loading import (HUB, SPLITS, TaskSplits, columns_as_lists, load_multitask_splits,
-                      load_task_splits, protocol_fingerprint, resolve_local_files)
-from .metrics import (accuracy, average_metrics, compute_task_metrics, count_invalid, f1,
-                      matthews_corr, parse_prediction, pearson, spearman)
+from .loading import (
+                      HUB,
+                      SPLITS,
+                      TaskSplits,
+                      columns_as_lists,
+                      load_multitask_splits,
+                      load_task_splits,
+                      protocol_fingerprint,
+                      resolve_local_files,
+)
+from .metrics import (
+                      accuracy,
+                      average_metrics,
+                      compute_task_metrics,
+                      count_invalid,
+                      f1,
+                      matthews_corr,
+                      parse_prediction,
+                      pearson,
+                      spearman,
+)
 from .sample import SAMPLE_TASKS, build_sample, sample_data_dir
 from .sampler import MIXED, SAME_TASK, MultiTaskSampler, temperature_probabilities
-from .tasks import (LARGE, OFFICIAL, SMALL, TASKS, Task, format_example, get_task,
-                    label_to_target, parse_label, round_stsb)
-from .tokenization import (DEFAULT_SPIECE_MODEL, Seq2SeqCollator, default_tokenizer,
-                           load_tokenizer, tokenize_splits, tokenizer_fingerprint)
+from .tasks import (
+                      LARGE,
+                      OFFICIAL,
+                      SMALL,
+                      TASKS,
+                      Task,
+                      format_example,
+                      get_task,
+                      label_to_target,
+                      parse_label,
+                      round_stsb,
+)
+from .tokenization import (
+                      DEFAULT_SPIECE_MODEL,
+                      Seq2SeqCollator,
+                      default_tokenizer,
+                      load_tokenizer,
+                      tokenize_splits,
+                      tokenizer_fingerprint,
+)
 
 __all__ = [
     "DataError", "HUB", "SPLITS", "TaskSplits", "load_multitask_splits", "load_task_splits",

@@ -43,8 +43,19 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import DataError
-from .tasks import (DEFAULT_STSB_GRID, LARGE, LARGE_VALIDATION_SIZE, OFFICIAL, SMALL, Task,
-                    format_source, get_task, label_to_target, parse_label, _grid_steps)
+from .tasks import (
+    DEFAULT_STSB_GRID,
+    LARGE,
+    LARGE_VALIDATION_SIZE,
+    OFFICIAL,
+    SMALL,
+    Task,
+    _grid_steps,
+    format_source,
+    get_task,
+    label_to_target,
+    parse_label,
+)
 
 logger = logging.getLogger(__name__)
 

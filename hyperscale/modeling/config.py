@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..errors import ConfigError
+
 METHODS = ("hyperformer++", "hyperformer", "adapters", "adapters-shared-norm", "finetune")
 CONFIG_NAME = "hyperscale_config.json"
 FORMAT_VERSION = 1
@@ -42,13 +44,13 @@ class HyperscaleConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+            raise ConfigError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
         if not self.tasks:
-            raise ValueError("tasks is empty: give at least one task name")
+            raise ConfigError("tasks is empty: give at least one task name")
         if len(set(self.tasks)) != len(self.tasks):
-            raise ValueError(f"task names must be unique, got {self.tasks}")
+            raise ConfigError(f"task names must be unique, got {self.tasks}")
         if self.reduction_factor < 1:
-            raise ValueError(f"reduction_factor must be >= 1, got {self.reduction_factor}")
+            raise ConfigError(f"reduction_factor must be >= 1, got {self.reduction_factor}")
         # own copies: a list or dict the caller keeps mutating must not change this config
         object.__setattr__(self, "tasks", list(self.tasks))
         object.__setattr__(self, "backbone_config", dict(self.backbone_config or {}))
@@ -65,7 +67,7 @@ class HyperscaleConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown keys in {CONFIG_NAME}: {sorted(unknown)} (written by a newer hyperscale?)")
+            raise ConfigError(f"unknown keys in {CONFIG_NAME}: {sorted(unknown)} (written by a newer hyperscale?)")
         return cls(**d)
 
 

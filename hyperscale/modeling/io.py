@@ -15,6 +15,7 @@ from typing import Any, Iterable, Optional, Union
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, CheckpointNotFoundError, RunExistsError
 from .config import CONFIG_NAME, FORMAT_VERSION, HyperscaleConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -24,7 +25,11 @@ PathLike = Union[str, os.PathLike]
 
 def load_backbone(backbone: Any, torch_dtype: Optional[torch.dtype] = None) -> tuple[nn.Module, str]:
     """Return (model, backbone_id) for a model instance, ``preset:NAME``, a local directory or a hub id."""
-    from transformers import AutoModelForSeq2SeqLM, T5ForConditionalGeneration, MT5ForConditionalGeneration
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        MT5ForConditionalGeneration,
+        T5ForConditionalGeneration,
+    )
 
     if isinstance(backbone, nn.Module):
         return backbone, str(getattr(backbone.config, "_name_or_path", "") or "<in-memory>")
@@ -45,7 +50,7 @@ def load_backbone(backbone: Any, torch_dtype: Optional[torch.dtype] = None) -> t
     if os.path.isdir(spec):
         return AutoModelForSeq2SeqLM.from_pretrained(spec, dtype=torch_dtype), str(Path(spec).resolve())
     if os.path.exists(spec):
-        raise ValueError(f"backbone {spec!r} is a file; give the directory written by save_pretrained")
+        raise CheckpointError(f"backbone {spec!r} is a file; give the directory written by save_pretrained")
     # a hub id: needs network access (or a populated Hugging Face cache)
     return AutoModelForSeq2SeqLM.from_pretrained(spec, dtype=torch_dtype), spec
 
@@ -81,7 +86,7 @@ def verify_backbone(backbone: nn.Module, saved_hash: str, backbone_id: str, sour
     """Raise unless the frozen weights of ``backbone`` hash to ``saved_hash`` (call after trainable marking)."""
     actual = backbone_hash(frozen_params(backbone))
     if actual != saved_hash:
-        raise ValueError(
+        raise CheckpointError(
             f"backbone {backbone_id!r} does not match the one {source} was trained on: weight hash "
             f"{actual[:12] if actual else None} != saved {saved_hash[:12]}; "
             "load the original backbone (or pass check_hash=False at your own risk)"
@@ -100,7 +105,7 @@ def save_pretrained(directory: PathLike, config: HyperscaleConfig, state_dict: d
     out = Path(directory)
     existing = [out / CONFIG_NAME, out / WEIGHTS_NAME]
     if not overwrite and any(p.exists() for p in existing):
-        raise FileExistsError(f"{out} already holds a saved model; choose another directory or pass overwrite=True")
+        raise RunExistsError(f"{out} already holds a saved model; choose another directory or pass overwrite=True")
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.contiguous().cpu()
           for k, v in state_dict.items()}
@@ -114,7 +119,7 @@ def save_pretrained(directory: PathLike, config: HyperscaleConfig, state_dict: d
 def read_config(directory: PathLike) -> HyperscaleConfig:
     d = Path(directory)
     if not (d / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{d} has no {CONFIG_NAME}: give a directory written by "
+        raise CheckpointNotFoundError(f"{d} has no {CONFIG_NAME}: give a directory written by "
                                 "HyperscaleModel.save_pretrained or `hyperscale export`")
     return HyperscaleConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
 
@@ -130,7 +135,7 @@ def saved_backbone(config: HyperscaleConfig, backbone: Any, directory: PathLike)
     if backbone is not None:
         return backbone
     if config.backbone_id is None or config.backbone_id.startswith(("preset:", "<")):
-        raise ValueError(f"{directory} was trained on backbone {config.backbone_id!r}, which cannot be reloaded "
+        raise CheckpointError(f"{directory} was trained on backbone {config.backbone_id!r}, which cannot be reloaded "
                          "by name; pass backbone=<the T5 model or its directory>")
     return config.backbone_id
 
@@ -147,13 +152,13 @@ def load_trainable_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], sou
     missing = sorted(n for i, n in trainable.items() if i not in covered)
     frozen = [k for k in sd if k in own and id(own[k]) not in trainable]
     if unknown or missing or frozen:
-        raise ValueError(f"{source} does not fit this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
+        raise CheckpointError(f"{source} does not fit this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
                          f", unexpected {unknown[:5]}{'...' if len(unknown) > 5 else ''}"
                          + (f", frozen in this model {frozen[:5]}" if frozen else ""))
     with torch.no_grad():
         for k, v in sd.items():
             if own[k].shape != v.shape:
-                raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+                raise CheckpointError(f"{source}: {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
             own[k].copy_(v.to(own[k].dtype))
 
 

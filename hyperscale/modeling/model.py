@@ -20,13 +20,24 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .attach import STACKS, num_layers
 from .config import CONFIG_NAME, FORMAT_VERSION, METHODS, HyperscaleConfig
 from .context import AdapterContext, adapter_context
 from .hypernet import HyperNetBank
 from .inject import AdapterHooks, attach_adapters, set_trainable
-from .io import (WEIGHTS_NAME, backbone_hash, frozen_params, load_backbone, load_trainable_state_dict, read_config,
-                 read_weights, save_pretrained, saved_backbone, verify_backbone)
+from .io import (
+    WEIGHTS_NAME,
+    backbone_hash,
+    frozen_params,
+    load_backbone,
+    load_trainable_state_dict,
+    read_config,
+    read_weights,
+    save_pretrained,
+    saved_backbone,
+    verify_backbone,
+)
 from .static import StaticAdapterBank
 
 TaskIds = Union[None, str, int, torch.Tensor, Sequence[Union[str, int]]]
@@ -127,7 +138,7 @@ class HyperscaleModel(nn.Module):
         return list(self.config.tasks)
 
     def _task_error(self, bad: Any) -> ValueError:
-        return ValueError(f"unknown task id {bad!r}; known tasks: {', '.join(self.config.tasks)} "
+        return ConfigError(f"unknown task id {bad!r}; known tasks: {', '.join(self.config.tasks)} "
                           f"(names, or ints 0..{len(self.config.tasks) - 1})")
 
     def task_index(self, task: Union[str, int]) -> int:
@@ -142,7 +153,7 @@ class HyperscaleModel(nn.Module):
     def resolve_task_ids(self, task_ids: TaskIds, batch_size: int) -> tuple[list[int], Optional[list[int]]]:
         """-> (distinct task indices, per-example index into them or None when one task)."""
         if task_ids is None:
-            raise ValueError(f"task_ids is missing: pass task_ids (one per example or one for the batch); "
+            raise ConfigError(f"task_ids is missing: pass task_ids (one per example or one for the batch); "
                              f"known tasks: {', '.join(self.config.tasks)}")
         if isinstance(task_ids, torch.Tensor):
             task_ids = task_ids.tolist()  # one host sync; collators produce CPU tensors
@@ -150,7 +161,7 @@ class HyperscaleModel(nn.Module):
             return [self.task_index(task_ids)], None
         ids = [self.task_index(t) for t in task_ids]
         if len(ids) != batch_size:
-            raise ValueError(f"got {len(ids)} task ids for a batch of {batch_size} examples")
+            raise ConfigError(f"got {len(ids)} task ids for a batch of {batch_size} examples")
         distinct = sorted(set(ids))
         if len(distinct) == 1:
             return distinct, None
@@ -178,7 +189,7 @@ class HyperscaleModel(nn.Module):
     def add_task(self, name: str, init: Union[str, int] = "mean") -> None:
         """Add a task: its embedding (or static adapters) start from the mean, random, or a task's copy."""
         if name in self.config.tasks:
-            raise ValueError(f"task {name!r} already exists; tasks: {', '.join(self.config.tasks)}")
+            raise ConfigError(f"task {name!r} already exists; tasks: {', '.join(self.config.tasks)}")
         config = dataclasses.replace(self.config, tasks=[*self.config.tasks, name])
         if self.bank is not None:
             if init not in ("mean", "random"):
@@ -198,7 +209,7 @@ class HyperscaleModel(nn.Module):
         for key in ("inputs_embeds", "decoder_input_ids", "labels"):
             if kwargs.get(key) is not None:
                 return kwargs[key].shape[0]
-        raise ValueError("cannot infer the batch size: pass input_ids")
+        raise ConfigError("cannot infer the batch size: pass input_ids")
 
     def _adapters_active(self) -> bool:
         return self.bank is not None and self._adapter_hooks.attached
@@ -261,7 +272,7 @@ class HyperscaleModel(nn.Module):
     def materialize(self) -> "HyperscaleModel":
         """A copy with every task's generated adapters as static weights (no hypernetwork needed)."""
         if self.config.method not in ("hyperformer++", "hyperformer"):
-            raise ValueError(f"materialize applies to hypernetwork methods, not {self.config.method!r}")
+            raise ConfigError(f"materialize applies to hypernetwork methods, not {self.config.method!r}")
         cfg = dataclasses.replace(self.config, method="adapters", materialized_from=self.config.method)
         # copied together, the hooks' handles point into the copy: removing them there drops exactly the
         # copied hyperscale hooks (hooks other code registered are copied and kept), so the copy's own

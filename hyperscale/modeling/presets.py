@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from transformers import T5Config
 
+from ..errors import ConfigError
+
 _V10 = dict(feed_forward_proj="relu", tie_word_embeddings=True, vocab_size=32128)
 _V11 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, vocab_size=32128)
 _MT5 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, vocab_size=250112)
@@ -54,7 +56,7 @@ HUB_IDS = {
 def preset_config(name: str) -> T5Config:
     key = name.removeprefix("preset:")
     if key not in PRESETS:
-        raise ValueError(f"unknown backbone preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+        raise ConfigError(f"unknown backbone preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
     cfg = T5Config(**PRESETS[key], decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     if key.startswith("mt5"):
         cfg.model_type = "mt5"

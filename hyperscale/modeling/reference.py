@@ -23,6 +23,8 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
+from ..errors import CheckpointError, CheckpointNotFoundError
+
 HYPER = "adapter_layers_hyper_net."
 TASK_PREFIX = "task_embedding_controller.task_to_embeddings."
 STACKS = ("encoder", "decoder")
@@ -70,7 +72,7 @@ def _check_generator_shapes(stack: str, parts: list[torch.Tensor]) -> None:
     want = [m * d, m, d * m, d, d, d]
     if rows != want:
         names = ", ".join(f"{g}={r}" for g, r in zip(GENERATORS, rows))
-        raise ValueError(f"reference {stack} generators have inconsistent sizes ({names}); with bottleneck m={m} "
+        raise CheckpointError(f"reference {stack} generators have inconsistent sizes ({names}); with bottleneck m={m} "
                          f"and d_model d={d} they should be {want}")
 
 
@@ -83,11 +85,11 @@ def reference_to_hyperscale(state_dict: dict[str, torch.Tensor],
     """
     file_tasks = reference_tasks(state_dict)
     if not file_tasks:
-        raise ValueError(f"not a reference HyperFormer++ state dict: no `{TASK_PREFIX}<task>` keys")
+        raise CheckpointError(f"not a reference HyperFormer++ state dict: no `{TASK_PREFIX}<task>` keys")
     order = list(file_tasks) if tasks is None else list(tasks)
     absent = [t for t in order if t not in file_tasks]
     if absent:
-        raise ValueError(f"tasks {absent} are not in the reference checkpoint; its tasks: {file_tasks}; "
+        raise CheckpointError(f"tasks {absent} are not in the reference checkpoint; its tasks: {file_tasks}; "
                          f"requested: {order}")
     out: dict[str, torch.Tensor] = {
         "bank.task_embeddings": torch.stack([state_dict[TASK_PREFIX + t] for t in order], 0),
@@ -99,7 +101,7 @@ def reference_to_hyperscale(state_dict: dict[str, torch.Tensor],
         wanted = [pre + k for k in DIRECT] + [f"{pre}{g}.{p}" for g in GENERATORS for p in ("weight", "bias")]
         missing = [k for k in wanted if k not in state_dict]
         if missing:
-            raise ValueError(f"reference checkpoint lacks {len(missing)} hypernetwork key(s): {_fmt(missing)}")
+            raise CheckpointError(f"reference checkpoint lacks {len(missing)} hypernetwork key(s): {_fmt(missing)}")
         for ref, mine in DIRECT.items():
             out[ours + mine] = state_dict[pre + ref]
         for p in ("weight", "bias"):
@@ -110,7 +112,7 @@ def reference_to_hyperscale(state_dict: dict[str, torch.Tensor],
         used.update(wanted)
     unknown = [k for k in state_dict if HYPER in k and k not in used]
     if unknown:
-        raise ValueError(f"unexpected hypernetwork key(s) in the reference checkpoint: {_fmt(unknown)}")
+        raise CheckpointError(f"unexpected hypernetwork key(s) in the reference checkpoint: {_fmt(unknown)}")
     for k, v in state_dict.items():
         if k not in used and not k.startswith(TASK_PREFIX):
             out["backbone." + k] = v
@@ -125,10 +127,10 @@ def _read(path_or_state_dict: Union[str, os.PathLike, dict]) -> tuple[dict[str, 
         cands = [path / REFERENCE_WEIGHTS_NAME, path / "model.safetensors"]
         found = [c for c in cands if c.is_file()]
         if not found:
-            raise FileNotFoundError(f"{path} holds neither {REFERENCE_WEIGHTS_NAME} nor model.safetensors")
+            raise CheckpointNotFoundError(f"{path} holds neither {REFERENCE_WEIGHTS_NAME} nor model.safetensors")
         path = found[0]
     if not path.is_file():
-        raise FileNotFoundError(f"reference checkpoint {path} does not exist")
+        raise CheckpointNotFoundError(f"reference checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -138,7 +140,7 @@ def _read(path_or_state_dict: Union[str, os.PathLike, dict]) -> tuple[dict[str, 
     except RuntimeError:  # legacy (non-zip) torch serialization cannot be memory-mapped
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     if not isinstance(sd, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(sd).__name__})")
+        raise CheckpointError(f"{path} does not hold a state dict (got {type(sd).__name__})")
     return sd, str(path)
 
 
@@ -153,19 +155,19 @@ def load_reference_checkpoint(model: Any, path_or_state_dict: Union[str, os.Path
     Returns a summary: tasks, number of tensors loaded, backbone mode.
     """
     if backbone not in ("check", "load"):
-        raise ValueError(f"backbone must be 'check' or 'load', got {backbone!r}")
+        raise CheckpointError(f"backbone must be 'check' or 'load', got {backbone!r}")
     if getattr(model.config, "method", None) != "hyperformer++":
-        raise ValueError(f"reference checkpoints are HyperFormer++ models: build the model with "
+        raise CheckpointError(f"reference checkpoints are HyperFormer++ models: build the model with "
                          f"method='hyperformer++' (got {model.config.method!r})")
     sd, source = _read(path_or_state_dict)
     file_tasks = reference_tasks(sd)
     model_tasks = list(model.config.tasks)
     if not file_tasks:
-        raise ValueError(f"{source} is not a reference HyperFormer++ checkpoint: no `{TASK_PREFIX}<task>` keys")
+        raise CheckpointError(f"{source} is not a reference HyperFormer++ checkpoint: no `{TASK_PREFIX}<task>` keys")
     absent = [t for t in model_tasks if t not in file_tasks]
     extra = [t for t in file_tasks if t not in model_tasks]
     if absent or (extra and not allow_extra_tasks):
-        raise ValueError(
+        raise CheckpointError(
             f"task names differ between the model and {source}: model tasks {model_tasks}, checkpoint tasks "
             f"{file_tasks}" + (f"; not in the checkpoint: {absent}" if absent else "")
             + (f"; not in the model: {extra} (pass allow_extra_tasks=True to ignore them)" if extra else "")
@@ -187,20 +189,20 @@ def load_reference_checkpoint(model: Any, path_or_state_dict: Union[str, os.Path
         def ref_name(k: str) -> str:
             return k[len("backbone."):] if k.startswith("backbone.") else k
 
-        raise ValueError(
+        raise CheckpointError(
             f"{source} does not fit this model: missing {len(missing)} key(s) [{_fmt([ref_name(k) for k in missing])}]"
             f", unexpected {len(unexpected)} key(s) [{_fmt([ref_name(k) for k in unexpected])}]"
         )
     bad_shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(params[k].shape)}"
                  for k, v in mapped.items() if tuple(v.shape) != tuple(params[k].shape)]
     if bad_shape:
-        raise ValueError(f"{source}: shape mismatch (wrong d_model, reduction factor, layer count or embedding "
+        raise CheckpointError(f"{source}: shape mismatch (wrong d_model, reduction factor, layer count or embedding "
                          f"sizes?): {_fmt(bad_shape, 5)}")
 
     for pid, names in aliases.items():
         given = [n for n in names if n in mapped]
         if len(given) > 1 and not all(torch.equal(mapped[given[0]], mapped[n]) for n in given[1:]):
-            raise ValueError(f"{source}: {', '.join(g[len('backbone.'):] for g in given)} are one tied weight in "
+            raise CheckpointError(f"{source}: {', '.join(g[len('backbone.'):] for g in given)} are one tied weight in "
                              "the model but differ in the checkpoint (tied vs untied embeddings?)")
 
     copy_keys, frozen_keys = [], []
@@ -213,7 +215,7 @@ def load_reference_checkpoint(model: Any, path_or_state_dict: Union[str, os.Path
         differ = [k[len("backbone."):] for k in frozen_keys
                   if not torch.equal(mapped[k].to(device=params[k].device, dtype=params[k].dtype), params[k].detach())]
         if differ:
-            raise ValueError(
+            raise CheckpointError(
                 f"{len(differ)} frozen T5 weight(s) of {source} differ from the model's backbone: {_fmt(differ)}; "
                 "build the model on the backbone the reference was trained from, or pass backbone='load' to take "
                 "the T5 weights from the checkpoint"

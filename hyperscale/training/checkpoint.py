@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..errors import CheckpointError, CheckpointNotFoundError, RunExistsError
 from . import distributed as hdist
 from .state import TrainState, rng_state, set_rng_state
 
@@ -72,7 +73,7 @@ def save(engine: Any, ckpt_root: Path, state: TrainState, files: dict[str, Any],
     if rank == 0 and target.exists():
         # an earlier, interrupted save of the same step (no COMPLETE): move it aside, never delete blindly
         if (target / COMPLETE).exists():
-            raise FileExistsError(f"checkpoint {target} already exists and is complete; refusing to overwrite it")
+            raise RunExistsError(f"checkpoint {target} already exists and is complete; refusing to overwrite it")
         shutil.move(str(target), str(target) + f".incomplete-{os.getpid()}")
     hdist.barrier()
     engine.save_checkpoint(str(ckpt_root), tag=tag, client_state={"hyperscale": state.to_dict()}, save_latest=False,
@@ -111,11 +112,11 @@ def _prune(ckpt_root: Path, keep_last: int) -> None:
 def load(engine: Any, ckpt_dir: Path) -> TrainState:
     """Load engine state from a checkpoint tag directory and return its TrainState (RNG restored)."""
     if not (ckpt_dir / COMPLETE).is_file():
-        raise FileNotFoundError(f"{ckpt_dir} is not a complete hyperscale checkpoint (no {COMPLETE} file)")
+        raise CheckpointNotFoundError(f"{ckpt_dir} is not a complete hyperscale checkpoint (no {COMPLETE} file)")
     path, client = engine.load_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name, load_module_strict=False,
                                           load_optimizer_states=True, load_lr_scheduler_states=True)
     if path is None:
-        raise RuntimeError(f"DeepSpeed could not load the checkpoint {ckpt_dir}")
+        raise CheckpointError(f"DeepSpeed could not load the checkpoint {ckpt_dir}")
     state = TrainState.from_dict(client["hyperscale"])
     rng_file = ckpt_dir / "rng" / f"rank-{hdist.rank()}.pt"
     if rng_file.is_file():
@@ -144,5 +145,5 @@ def resolve_checkpoint(spec: str, output_dir: Path) -> Optional[Path]:
         return p / find_latest(p)  # type: ignore[operator]
     if p.is_dir() and find_latest(p / "checkpoints"):
         return p / "checkpoints" / find_latest(p / "checkpoints")  # type: ignore[operator]
-    raise FileNotFoundError(f"no complete hyperscale checkpoint at {p}: give a run directory, its checkpoints/ "
+    raise CheckpointNotFoundError(f"no complete hyperscale checkpoint at {p}: give a run directory, its checkpoints/ "
                             "directory, or one step-* directory that holds a COMPLETE file")

@@ -17,14 +17,11 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ..errors import ConfigError
 from ..modeling.model import METHODS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
-
-
-class ConfigError(ValueError):
-    """A run configuration (file, override or value) is invalid; the message says how to fix it."""
 
 
 @dataclass

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
 from ..launch import setup_distributed_env
 
 SIMULATE_ENV = "HYPERSCALE_SIMULATE_NCCL"
@@ -49,7 +50,7 @@ def training_device(want: str, local_rank: int) -> torch.device:
     """``train.device`` (auto | cuda | cpu) -> the device of this rank."""
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+            raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

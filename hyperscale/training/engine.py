@@ -30,7 +30,9 @@ def sharded_construction(ds_config: dict, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    from transformers.integrations import HfDeepSpeedConfig  # needs accelerate; only for sharded builds
+    from transformers.integrations import (
+        HfDeepSpeedConfig,  # needs accelerate; only for sharded builds
+    )
 
     hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841 (HF keeps a weak reference: must stay alive)
     try:

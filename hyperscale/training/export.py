@@ -10,12 +10,19 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import yaml
 
-from ..modeling.model import CONFIG_NAME, HyperscaleConfig, HyperscaleModel, load_backbone
+from ..data.tokenization import default_tokenizer, load_tokenizer
+from ..errors import CheckpointError, CheckpointNotFoundError, RunExistsError
+from ..modeling.model import (
+    CONFIG_NAME,
+    HyperscaleConfig,
+    HyperscaleModel,
+    load_backbone,
+)
 from .checkpoint import COMPLETE, resolve_checkpoint
 
 
@@ -37,7 +44,7 @@ def _bf16_optimizer_state_dict(ckpt_dir: Path, files: list[Path]) -> dict[str, t
             offset += n
         padding = sum(int(st["group_paddings"][g]) for st in states)
         if offset + padding != flat.numel():
-            raise ValueError(f"{ckpt_dir}: parameter group {g} holds {flat.numel()} values, expected {offset} + "
+            raise CheckpointError(f"{ckpt_dir}: parameter group {g} holds {flat.numel()} values, expected {offset} + "
                              f"{padding} padding; is this checkpoint complete?")
     return sd
 
@@ -54,7 +61,9 @@ def consolidated_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
         states = torch.load(ckpt_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
         sd = states["module"]
     else:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        from deepspeed.utils.zero_to_fp32 import (
+            get_fp32_state_dict_from_zero_checkpoint,
+        )
 
         sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name,
                                                       exclude_frozen_parameters=True)
@@ -65,17 +74,17 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, materialize: bool
                       backbone: Optional[str] = None, overwrite: bool = False) -> Path:
     ckpt_dir = resolve_checkpoint(str(checkpoint), Path(checkpoint))
     if ckpt_dir is None or not (ckpt_dir / COMPLETE).is_file():
-        raise FileNotFoundError(f"no complete checkpoint at {checkpoint}")
+        raise CheckpointNotFoundError(f"no complete checkpoint at {checkpoint}")
     out = Path(out)
     if not overwrite and (out / CONFIG_NAME).exists():
-        raise FileExistsError(f"{out} already holds an export; choose another directory or pass --overwrite")
+        raise RunExistsError(f"{out} already holds an export; choose another directory or pass --overwrite")
     config = HyperscaleConfig.from_dict(json.loads((ckpt_dir / CONFIG_NAME).read_text()))
     saved_hash = config.backbone_hash
     model_bb, _ = load_backbone(backbone or config.backbone_id)
     # built without the recorded hash, the model hashes this backbone itself (config stays as read)
     model = HyperscaleModel(model_bb, dataclasses.replace(config, backbone_hash=None))
     if saved_hash and model.config.backbone_hash != saved_hash:
-        raise ValueError(f"backbone {backbone or config.backbone_id!r} differs from the one {ckpt_dir} was trained on "
+        raise CheckpointError(f"backbone {backbone or config.backbone_id!r} differs from the one {ckpt_dir} was trained on "
                          "(weight hash mismatch); pass --backbone with the original")
     model.load_trainable_state_dict(consolidated_state_dict(ckpt_dir), source=str(ckpt_dir))
     model.save_pretrained(out, overwrite=overwrite)
@@ -87,3 +96,12 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, materialize: bool
         if (out / "tokenizer").is_dir():
             shutil.copytree(out / "tokenizer", out / "materialized" / "tokenizer", dirs_exist_ok=True)
     return out
+
+
+def load_export(path: str | Path, backbone: Optional[str] = None) -> tuple[HyperscaleModel, Any]:
+    """An export (``hyperscale export`` or ``save_pretrained``) and its tokenizer, ready for inference on the CPU."""
+    model = HyperscaleModel.from_pretrained(path, backbone=backbone)
+    model.eval()
+    tok_dir = Path(path) / "tokenizer"
+    tokenizer = load_tokenizer(str(tok_dir)) if tok_dir.is_dir() else default_tokenizer()
+    return model, tokenizer

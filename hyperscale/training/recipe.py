@@ -37,7 +37,13 @@ from ..data.loading import columns_as_lists, load_multitask_splits, protocol_fin
 from ..data.metrics import average_metrics, compute_task_metrics
 from ..data.sampler import MultiTaskSampler
 from ..data.tasks import get_task
-from ..data.tokenization import Seq2SeqCollator, default_tokenizer, load_tokenizer, tokenize_splits
+from ..data.tokenization import (
+    Seq2SeqCollator,
+    default_tokenizer,
+    load_tokenizer,
+    tokenize_splits,
+)
+from ..errors import CheckpointNotFoundError, RunExistsError
 from ..modeling.model import HyperscaleConfig, HyperscaleModel, load_backbone
 from . import checkpoint as ckpt
 from . import distributed as hdist
@@ -136,7 +142,7 @@ class Recipe:
     def _check_output_dir(self) -> None:
         has_run = ckpt.find_latest(self.ckpt_root) is not None or (self.output_dir / "train_log.jsonl").exists()
         if has_run and not self.resume:
-            raise FileExistsError(
+            raise RunExistsError(
                 f"output_dir {self.output_dir} already holds a run; continue it with --resume auto, or choose "
                 "another output_dir (nothing is overwritten)")
 
@@ -148,7 +154,7 @@ class Recipe:
         self.resume_from = ckpt.resolve_checkpoint(self.resume, self.output_dir)
         if self.resume_from is None:
             if self.resume != "auto":
-                raise FileNotFoundError(f"nothing to resume at {self.resume}")
+                raise CheckpointNotFoundError(f"nothing to resume at {self.resume}")
             return None
         saved = ckpt.read_trainer_state(self.resume_from)
         if saved is not None:

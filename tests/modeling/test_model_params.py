@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hyperscale.modeling.presets import preset_config
-from hyperscale.params_cli import build_report
+from hyperscale.cli.params import build_report
 from modeling_helpers import ALL_METHODS, TASKS, build
 
 E_T = E_L = E_P = 64  # task, layer-id, position embeddings

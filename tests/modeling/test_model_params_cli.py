@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from hyperscale.params_cli import add_parser, main, parse_tasks, run
+from hyperscale.cli import main
+from hyperscale.cli.params import add_parser, parse_tasks, run
 from modeling_helpers import tiny_backbone
 
 
@@ -62,12 +63,13 @@ def test_parse_tasks():
 
 
 def test_errors(capsys):
-    assert run(_args("--backbone", "t5-nope")) == 2
+    assert main(["params", "--backbone", "t5-nope"]) == 2
     err = capsys.readouterr().err
+    assert err.startswith("hyperscale: error: ") and err.count("\n") == 1
     assert "neither a preset nor a local model directory" in err and "t5-base" in err
-    assert run(_args("--tasks", "0")) == 2
+    assert main(["params", "--tasks", "0"]) == 2
     assert "at least 1" in capsys.readouterr().err
-    assert run(_args("--tasks", "rte,rte")) == 2
+    assert main(["params", "--tasks", "rte,rte"]) == 2
     assert "unique" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _args("--method", "lora")

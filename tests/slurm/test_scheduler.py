@@ -106,7 +106,7 @@ class Job:
                    f"hs-{output_dir.name}", "-o", str(self.log), "slurm/train.sbatch", CONFIG,
                    f"output_dir={output_dir}", *overrides]
         else:
-            cmd = [sys.executable, "-m", "hyperscale.slurm_cli", CONFIG,
+            cmd = [sys.executable, "-m", "hyperscale.cli", "slurm", CONFIG,
                    f"output_dir={output_dir}", *overrides, "--nodes", str(nodes),
                    "--python", sys.executable, *cli_args, "--submit"]
         out = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True,

@@ -17,12 +17,8 @@ ranks, sets MASTER_ADDR/MASTER_PORT and handles preemption).  By default it is w
 
 An existing script with different content is never replaced unless ``--force`` is given.
 
-Wiring (in ``hyperscale/cli.py``)::
-
-    from hyperscale import slurm_cli
-    slurm_cli.add_parser(subparsers)        # registers "slurm", sets func=slurm_cli.run
-    ...
-    args = parser.parse_args(); sys.exit(args.func(args))
+Bad input raises :class:`hyperscale.errors.ConfigError` (one ``hyperscale: error:`` line, exit 2, through the
+dispatcher's handler); an existing script that differs, a missing or failing ``sbatch`` exit 1.
 """
 
 from __future__ import annotations
@@ -40,9 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, TextIO
 
-__all__ = ["add_parser", "run", "rank_table", "render_script", "format_rank_table", "main"]
+from ..errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["add_parser", "run", "rank_table", "render_script", "format_rank_table"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SLURM_DIR = REPO_ROOT / "slurm"
 TEMPLATE = SLURM_DIR / "job.sbatch.template"
 TRAIN_SBATCH = SLURM_DIR / "train.sbatch"
@@ -158,26 +156,26 @@ def _output_dir(config: str, overrides: Sequence[str]) -> Optional[str]:
     except (OSError, ImportError):
         return None
     except Exception as e:  # malformed YAML: let the trainer report it properly
-        raise SystemExit(f"hyperscale slurm: cannot read {config}: {e}")
+        raise ConfigError(f"cannot read {config}: {e}")
     value = data.get("output_dir") if isinstance(data, dict) else None
     return str(value) if value else None
 
 
 def _validate(args: argparse.Namespace) -> None:
     if args.nodes < 1:
-        raise SystemExit("hyperscale slurm: --nodes must be >= 1")
+        raise ConfigError("--nodes must be >= 1")
     if args.gpus_per_node < 0:
-        raise SystemExit("hyperscale slurm: --gpus-per-node must be >= 0")
+        raise ConfigError("--gpus-per-node must be >= 0")
     if args.time and not _TIME_RE.match(args.time):
-        raise SystemExit(f"hyperscale slurm: --time {args.time!r} is not a SLURM time "
+        raise ConfigError(f"--time {args.time!r} is not a SLURM time "
                          "(MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM:SS)")
     if args.signal_seconds < 0 or args.signal_seconds > 65535:
-        raise SystemExit("hyperscale slurm: --signal-seconds must be in [0, 65535]")
+        raise ConfigError("--signal-seconds must be in [0, 65535]")
     bad = [o for o in args.overrides if not _OVERRIDE_RE.match(o)]
     if bad:
-        raise SystemExit(f"hyperscale slurm: overrides must look like key.sub=value: {bad}")
+        raise ConfigError(f"overrides must look like key.sub=value: {bad}")
     if not Path(args.config).is_file():
-        raise SystemExit(f"hyperscale slurm: config {args.config} not found")
+        raise ConfigError(f"config {args.config} not found")
 
 
 def render_script(args: argparse.Namespace, script: Path, log: str, workdir: Path,
@@ -211,7 +209,7 @@ def render_script(args: argparse.Namespace, script: Path, log: str, workdir: Pat
     for extra in args.sbatch_arg:
         extra = extra.strip()
         if not extra.startswith("-"):
-            raise SystemExit(f"hyperscale slurm: --sbatch-arg {extra!r} must start with '-'")
+            raise ConfigError(f"--sbatch-arg {extra!r} must start with '-'")
         sb.append(extra)
     sbatch_lines = "\n".join(f"#SBATCH {line}" for line in sb)
 
@@ -250,13 +248,13 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Execute ``hyperscale slurm`` for parsed ``args``; returns the process exit code."""
     _validate(args)
     if not TEMPLATE.is_file() or not TRAIN_SBATCH.is_file():
-        raise SystemExit(f"hyperscale slurm: {TEMPLATE} or {TRAIN_SBATCH} missing "
+        raise ConfigError(f"{TEMPLATE} or {TRAIN_SBATCH} missing "
                          "(run from a hyperscale checkout)")
     workdir = Path.cwd()
     job_name = args.job_name or f"hyperscale-{Path(args.config).stem}"
     out_dir = _output_dir(args.config, args.overrides)
     if args.script is None and out_dir is None:
-        raise SystemExit("hyperscale slurm: the config has no output_dir; pass --script PATH "
+        raise ConfigError("the config has no output_dir; pass --script PATH "
                          "or output_dir=...")
     out_path = (workdir / out_dir) if out_dir else None
     script = (args.script if args.script is not None else out_path / f"{job_name}.sbatch")
@@ -315,16 +313,3 @@ def _write(path: Path, text: str) -> None:
     tmp.write_text(text)
     os.chmod(tmp, 0o755)
     os.replace(tmp, path)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Standalone entry point: ``python -m hyperscale.slurm_cli CONFIG ...``."""
-    parser = argparse.ArgumentParser(prog="hyperscale")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["slurm", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

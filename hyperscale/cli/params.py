@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
+
+from ..errors import ConfigError
 
 DESCRIPTION = "Print the parameter report (trainable by group, total, % per task) without allocating weights."
 
@@ -35,7 +36,7 @@ def parse_tasks(spec: str) -> list[str]:
 
 def backbone_config(spec: str):
     """(config, tied LM head?) for a preset name, ``preset:NAME`` or a local model directory."""
-    from .modeling.presets import PRESETS, preset_config, preset_ties_head
+    from ..modeling.presets import PRESETS, preset_config, preset_ties_head
 
     if spec.startswith("preset:") or spec in PRESETS:
         return preset_config(spec), preset_ties_head(spec)
@@ -54,10 +55,14 @@ def backbone_config(spec: str):
 def build_report(backbone: str, method: str, tasks: list[str], reduction_factor: int = 32) -> dict[str, Any]:
     """Build the model on the meta device and return its ``parameter_report()``."""
     import torch
-    from transformers import AutoModelForSeq2SeqLM, MT5ForConditionalGeneration, T5ForConditionalGeneration
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        MT5ForConditionalGeneration,
+        T5ForConditionalGeneration,
+    )
 
-    from .modeling.model import HyperscaleConfig, HyperscaleModel
-    from .modeling.presets import untie_lm_head
+    from ..modeling.model import HyperscaleConfig, HyperscaleModel
+    from ..modeling.presets import untie_lm_head
 
     cfg, tied = backbone_config(backbone)
     config = HyperscaleConfig(method=method, tasks=list(tasks), reduction_factor=reduction_factor,
@@ -96,7 +101,7 @@ def format_report(report: dict[str, Any], backbone: str) -> str:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``params`` on an ``argparse`` subparsers object; sets ``func=run``."""
-    from .modeling.model import METHODS
+    from ..modeling.model import METHODS
 
     p = subparsers.add_parser("params", help=DESCRIPTION.replace("%", "%%"), description=DESCRIPTION.replace("%", "%%"))
     p.add_argument("--backbone", default="t5-base",
@@ -114,22 +119,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         tasks = parse_tasks(str(args.tasks))
         report = build_report(args.backbone, args.method, tasks, args.reduction_factor)
-    except (ValueError, OSError) as e:
-        print(f"hyperscale params: error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as e:  # what the arguments name does not exist or does not fit
+        raise ConfigError(str(e)) from None
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(format_report(report, args.backbone))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hyperscale")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(["params"] + sys.argv[1:]))

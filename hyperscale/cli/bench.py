@@ -14,13 +14,13 @@ import argparse
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .benchmark import run_from_args
+    from ..benchmark import run_from_args
 
     return run_from_args(args)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from .benchmark import add_arguments
+    from ..benchmark import add_arguments
 
     p = subparsers.add_parser(
         "bench", help="time training steps of HyperFormer++ (plain and DeepSpeed ZeRO 0/2/3) against the frozen "

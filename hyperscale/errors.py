@@ -1,0 +1,69 @@
+"""hyperscale's errors, and the one handler every entry point uses.
+
+Every error a user can fix (a bad config key or value, a missing data file, an incompatible checkpoint, a run
+directory that already holds a run) is a :class:`HyperscaleError`; its message names the thing and how to fix
+it. :func:`run_main` turns one into a single ``hyperscale: error: ...`` line on stderr and exit status 2,
+printed once even when several ranks fail alike (rank 0 prints); anything else is a bug or an environment
+failure and keeps its traceback (exit status 1). The subclasses also derive from the built-in type callers
+of the Python API would catch (``ValueError``, ``FileExistsError``, ``FileNotFoundError``).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+
+class HyperscaleError(Exception):
+    """Bad input or state that the user can fix; the message says what and how."""
+
+
+class ConfigError(HyperscaleError, ValueError):
+    """A run configuration, command-line argument or model setting is invalid."""
+
+
+class DataError(HyperscaleError, ValueError):
+    """Bad or missing input data (file, row, label, split, task name)."""
+
+
+class CheckpointError(HyperscaleError, ValueError):
+    """A checkpoint or export cannot be used (missing, incomplete, incompatible, corrupt)."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No (complete) checkpoint or export where one was asked for."""
+
+
+class RunExistsError(HyperscaleError, FileExistsError):
+    """An output directory or file already holds results that would be overwritten."""
+
+
+def _rank() -> int:
+    """This process's rank as the launcher or the process group says (0 outside a launcher)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    for var in ("RANK", "SLURM_PROCID"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def report(error: HyperscaleError) -> None:
+    """The one-line report: ``hyperscale: error: ...`` on stderr, from rank 0 only."""
+    if _rank() == 0:
+        print(f"hyperscale: error: {error}", file=sys.stderr, flush=True)
+
+
+def run_main(fn: Callable[[], int | None]) -> int:
+    """Run an entry point's body: its exit status, or 2 after a one-line report of a :class:`HyperscaleError`."""
+    try:
+        return int(fn() or 0)
+    except HyperscaleError as e:
+        report(e)
+        return 2
