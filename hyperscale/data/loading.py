@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import DataError
+from .sample import sample_data_dir
 from .tasks import (
     DEFAULT_STSB_GRID,
     LARGE,
@@ -305,8 +306,6 @@ def load_task_splits(task, data_dir=None, n_train=None, n_val=None, n_test=None,
         rows_by_origin = {origin: _read_hub_split(task, origin) for origin in origins}
     else:
         if data_dir is None:
-            from .sample import sample_data_dir
-
             data_dir = sample_data_dir()
         paths = resolve_local_files(task, data_dir, origins)  # all files checked first
         source = "local:" + str(Path(data_dir).expanduser().resolve())
@@ -365,8 +364,6 @@ def load_multitask_splits(tasks: Sequence, data_dir=None, **kwargs) -> dict:
     if not names:
         raise DataError("no tasks given")
     if not (isinstance(data_dir, str) and data_dir == HUB):
-        from .sample import sample_data_dir
-
         for name in names:  # every file of every task exists before anything is parsed
             resolve_local_files(name, data_dir if data_dir is not None else sample_data_dir())
     return {name: load_task_splits(name, data_dir, **kwargs) for name in names}

@@ -211,7 +211,6 @@ class MultiTaskSampler:
             raise ValueError(f"step must be >= 0, got {step}")
         return self._batch(step, self._consumed_at(step))[0]
 
-    peek = global_batch
 
     def rank_batch(self, step: int | None, rank: int, world_size: int) -> list:
         """Rank ``rank``'s contiguous slice of :meth:`global_batch` ``(step)``."""
@@ -247,11 +246,6 @@ class MultiTaskSampler:
         return self.next_batch()
 
     # ------------------------------------------------------------------ state
-    def epochs(self) -> dict:
-        """Passes completed so far per task (fractional)."""
-        return {name: float(self.consumed[i]) / self.task_sizes[name]
-                for i, name in enumerate(self.task_names)}
-
     def _config(self) -> dict:
         return {"task_sizes": dict(self.task_sizes), "global_batch_size": self.global_batch_size,
                 "seed": self.seed, "temperature": self.temperature, "mode": self.mode,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import DataError
+from .loading import TaskSplits, columns_as_lists
 
 RESOURCES_DIR = Path(__file__).resolve().parents[1] / "resources"
 DEFAULT_SPIECE_MODEL = RESOURCES_DIR / "t5" / "spiece.model"
@@ -130,8 +131,6 @@ def _encode_batch(batch: Mapping, tokenizer, max_source_length: int,
 
 
 def _content_digest(dataset) -> str:
-    from .loading import columns_as_lists
-
     names = ("id", "source", "target")
     for column in names:
         if column not in dataset.column_names:
@@ -190,8 +189,6 @@ def tokenize_splits(splits: Mapping, tokenizer=None, max_source_length: int = 12
         out[split] = dataset.map(encode, batched=True, batch_size=1000,
                                  cache_file_name=str(cache_file), load_from_cache_file=True,
                                  new_fingerprint=key[:32], desc=f"tokenize {task}/{split}")
-    from .loading import TaskSplits
-
     result = TaskSplits(out, getattr(splits, "protocol", None))
     result.cache_hits = hits
     return result

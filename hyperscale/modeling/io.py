@@ -15,8 +15,14 @@ from typing import Any, Iterable, Optional, Union
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, CheckpointNotFoundError, RunExistsError
+from ..errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    ConfigError,
+    RunExistsError,
+)
 from .config import CONFIG_NAME, FORMAT_VERSION, HyperscaleConfig
+from .presets import preset_config, preset_ties_head, untie_lm_head
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -37,8 +43,6 @@ def load_backbone(backbone: Any, torch_dtype: Optional[torch.dtype] = None) -> t
         raise TypeError(f"backbone must be a T5 model, a directory, a hub id or 'preset:NAME', got {type(backbone)}")
     spec = str(backbone)
     if spec.startswith("preset:"):
-        from .presets import preset_config, preset_ties_head, untie_lm_head
-
         cfg = preset_config(spec)
         cls = MT5ForConditionalGeneration if cfg.model_type == "mt5" else T5ForConditionalGeneration
         model = cls(cfg)
@@ -50,9 +54,16 @@ def load_backbone(backbone: Any, torch_dtype: Optional[torch.dtype] = None) -> t
     if os.path.isdir(spec):
         return AutoModelForSeq2SeqLM.from_pretrained(spec, dtype=torch_dtype), str(Path(spec).resolve())
     if os.path.exists(spec):
-        raise CheckpointError(f"backbone {spec!r} is a file; give the directory written by save_pretrained")
+        raise ConfigError(f"backbone {spec!r} is a file; give the directory written by save_pretrained")
+    if spec.startswith((os.sep, ".", "~")) or spec.count("/") > 1:
+        raise ConfigError(f"backbone directory {spec!r} does not exist; give a directory written by save_pretrained, "
+                          "a hub id (org/name) or preset:NAME (a random initialisation, no download)")
     # a hub id: needs network access (or a populated Hugging Face cache)
-    return AutoModelForSeq2SeqLM.from_pretrained(spec, dtype=torch_dtype), spec
+    try:
+        return AutoModelForSeq2SeqLM.from_pretrained(spec, dtype=torch_dtype), spec
+    except OSError as e:  # not on the hub, no network, or not in the cache while offline
+        raise ConfigError(f"cannot load backbone {spec!r} from the Hugging Face hub ({str(e).splitlines()[0]}); "
+                          "offline, use a local copy (save_pretrained directory) or preset:NAME") from None
 
 
 # ---------------------------------------------------------------------------------------- backbone hash

@@ -44,15 +44,6 @@ PRESETS: dict[str, dict] = {
 for _size in ("small", "base", "large", "xl", "xxl"):
     PRESETS[f"flan-t5-{_size}"] = dict(PRESETS[f"t5-v1_1-{_size}"])
 
-HUB_IDS = {
-    "t5-small": "google-t5/t5-small", "t5-base": "google-t5/t5-base", "t5-large": "google-t5/t5-large",
-    "t5-3b": "google-t5/t5-3b", "t5-11b": "google-t5/t5-11b",
-    **{f"t5-v1_1-{s}": f"google/t5-v1_1-{s}" for s in ("small", "base", "large", "xl", "xxl")},
-    **{f"flan-t5-{s}": f"google/flan-t5-{s}" for s in ("small", "base", "large", "xl", "xxl")},
-    **{f"mt5-{s}": f"google/mt5-{s}" for s in ("small", "base", "large", "xl", "xxl")},
-}
-
-
 def preset_config(name: str) -> T5Config:
     key = name.removeprefix("preset:")
     if key not in PRESETS:

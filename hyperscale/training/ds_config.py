@@ -83,12 +83,12 @@ def build_ds_config(cfg: RunConfig, world_size: int) -> dict:
     implied = "bf16" if bf16 else "fp16" if fp16 else "fp32"
     if implied != t.precision:
         raise ConfigError(f"{src} enables {implied} but train.precision={t.precision}; make them agree")
-    grad_accum = ds.get("data_types", {}).get("grad_accum_dtype")
-    if cfg.deepspeed.zero_stage == 0 and implied == "bf16" and grad_accum in ("fp32", "float32", "float"):
+    if cfg.deepspeed.zero_stage == 0 and implied == "bf16":
         # DeepSpeed has no fp32 gradient accumulation for bf16 without ZeRO (it refuses: "unsupported mix of
         # model_dtype=torch.bfloat16 and grad_accum_dtype=torch.float32"); its ZeRO-0 bf16 path keeps fp32
         # master weights and accumulates the micro-batches' gradients in bf16. ZeRO 1-3 accumulate in fp32.
-        del ds["data_types"]["grad_accum_dtype"]
+        if ds.get("data_types", {}).get("grad_accum_dtype") in ("fp32", "float32", "float"):
+            del ds["data_types"]["grad_accum_dtype"]  # a user's JSON asked for it: DeepSpeed cannot
         if accum > 1:
             warnings.warn(f"ZeRO-0 with bf16 accumulates gradients in bf16 over {accum} micro-batches; "
                           "deepspeed.zero_stage=1 (or higher) accumulates them in fp32")

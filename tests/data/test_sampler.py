@@ -96,14 +96,14 @@ def test_load_state_dict_rejects_another_configuration():
         MultiTaskSampler({"rte": 200, "cola": 5}, 8, seed=1).load_state_dict(state)
 
 
-def test_peek_is_pure_and_matches_the_run():
+def test_global_batch_is_pure_and_matches_the_run():
     sampler = MultiTaskSampler(SIZES, 4, seed=8, mode="mixed")
     ahead = sampler.global_batch(25)  # counters rebuilt from the task draws only
     assert sampler.global_batch() == sampler.global_batch() and sampler.step == 0
     seen = [sampler.next_batch() for _ in range(40)]
     assert seen[25] == ahead
     assert sampler.global_batch(10) == seen[10]  # a past step
-    upcoming = sampler.peek()
+    upcoming = sampler.global_batch()
     assert upcoming == sampler.global_batch(40) and sampler.step == 40
     assert next(iter(sampler)) == upcoming and sampler.step == 41
     assert next(sampler) == seen_after(41) and sampler.step == 42
