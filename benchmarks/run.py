@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hyperscale.benchmark import build_arg_parser, run_from_args  # noqa: E402
+from hyperscale.bench import build_arg_parser, run_from_args  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_from_args(build_arg_parser("benchmarks/run.py").parse_args()))

@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hyperscale import benchmark  # noqa: E402
+from hyperscale import bench  # noqa: E402
+from hyperscale.bench import rows as bench_rows  # noqa: E402
 
 PLAIN = ["floor", "hyperformer++", "adapters", "lora", "finetune"]
 DEEPSPEED = ["ds-zero0", "ds-zero2", "ds-zero3"]
@@ -64,7 +65,7 @@ def test_every_configuration_has_a_complete_row(bench_run):
     rows = {r["name"]: r for r in result["rows"]}
     assert [r["name"] for r in result["rows"]] == PLAIN + DEEPSPEED  # DeepSpeed rows run last
     for row in result["rows"]:
-        assert set(benchmark.ROW_FIELDS) <= set(row), row["name"]
+        assert set(bench.ROW_FIELDS) <= set(row), row["name"]
         if row["name"] == "lora" and importlib.util.find_spec("peft") is None:
             assert row["status"] == "skipped" and "peft" in row["note"]
             continue
@@ -122,57 +123,57 @@ def test_eval_benchmark_and_report(bench_run):
 
 
 def _args(**kw) -> argparse.Namespace:
-    args = benchmark.build_arg_parser().parse_args([])
+    args = bench.build_arg_parser().parse_args([])
     for k, v in kw.items():
         setattr(args, k, v)
     return args
 
 
 def test_settings_defaults_and_selection():
-    s = benchmark.settings_from_args(_args(device="cpu"))
+    s = bench.settings_from_args(_args(device="cpu"))
     assert (s.backbone, s.precision, s.batch) == ("t5-tiny", "fp32", 8)
     assert s.configs == PLAIN + DEEPSPEED
-    s = benchmark.settings_from_args(_args(device="cpu", zero_stages="1", only=None))
+    s = bench.settings_from_args(_args(device="cpu", zero_stages="1", only=None))
     assert s.configs == PLAIN + ["ds-zero1"]
-    s = benchmark.settings_from_args(_args(device="cpu", only="floor,ds-zero3", eval=True, tasks="mrpc"))
+    s = bench.settings_from_args(_args(device="cpu", only="floor,ds-zero3", eval=True, tasks="mrpc"))
     assert s.configs == ["floor", "ds-zero3"] and s.tasks == ["mrpc", "rte"]  # the eval task joins the model
-    assert benchmark.settings_from_args(_args(device="cpu", eval_only=True)).configs == []
+    assert bench.settings_from_args(_args(device="cpu", eval_only=True)).configs == []
     with pytest.raises(ValueError, match="unknown configuration"):
-        benchmark.settings_from_args(_args(device="cpu", only="floor,nope"))
+        bench.settings_from_args(_args(device="cpu", only="floor,nope"))
     with pytest.raises(ValueError, match="ZeRO stage"):
-        benchmark.settings_from_args(_args(device="cpu", zero_stages="4"))
+        bench.settings_from_args(_args(device="cpu", zero_stages="4"))
     with pytest.raises(ValueError, match="not a preset"):
-        benchmark.settings_from_args(_args(device="cpu", backbone="t5-huge"))
+        bench.settings_from_args(_args(device="cpu", backbone="t5-huge"))
 
 
 def test_trainer_ds_config_is_used_per_stage():
-    s = benchmark.settings_from_args(_args(device="cpu", batch=4, precision="bf16"))
+    s = bench.settings_from_args(_args(device="cpu", batch=4, precision="bf16"))
     for stage in (0, 2, 3):
-        cfg = benchmark.trainer_ds_config(s, stage)
+        cfg = bench.trainer_ds_config(s, stage)
         assert cfg["zero_optimization"]["stage"] == stage
         assert cfg["train_micro_batch_size_per_gpu"] == 4 and cfg["gradient_accumulation_steps"] == 1
         assert cfg["bf16"]["enabled"] is True
 
 
 def test_ratios_without_floor_are_none():
-    rows = [dict(benchmark._empty_row("hyperformer++", benchmark.BenchSettings()), ms_median=10.0, runner="plain"),
-            dict(benchmark._empty_row("ds-zero2", benchmark.BenchSettings()), ms_median=12.0, runner="deepspeed")]
-    benchmark.add_ratios(rows)
+    rows = [dict(bench_rows._empty_row("hyperformer++", bench.BenchSettings()), ms_median=10.0, runner="plain"),
+            dict(bench_rows._empty_row("ds-zero2", bench.BenchSettings()), ms_median=12.0, runner="deepspeed")]
+    bench.add_ratios(rows)
     assert rows[0]["ratio_to_floor"] is None and rows[1]["ratio_to_plain"] == pytest.approx(1.2)
 
 
 def test_rounds_pool_timed_steps():
-    s = benchmark.BenchSettings(batch=2, src_len=3, tgt_len=1)
-    a = dict(benchmark._empty_row("floor", s), times_ms=[3.0, 1.0], rounds=1, peak_mem_mb=5.0, loss_last=1.0)
-    b = dict(benchmark._empty_row("floor", s), times_ms=[2.0, 10.0], rounds=1, peak_mem_mb=7.0, loss_last=0.5)
-    benchmark._set_stats(a, s)
-    merged = benchmark._merge_round(a, b, s)
+    s = bench.BenchSettings(batch=2, src_len=3, tgt_len=1)
+    a = dict(bench_rows._empty_row("floor", s), times_ms=[3.0, 1.0], rounds=1, peak_mem_mb=5.0, loss_last=1.0)
+    b = dict(bench_rows._empty_row("floor", s), times_ms=[2.0, 10.0], rounds=1, peak_mem_mb=7.0, loss_last=0.5)
+    bench_rows._set_stats(a, s)
+    merged = bench_rows._merge_round(a, b, s)
     assert merged["times_ms"] == [3.0, 1.0, 2.0, 10.0] and merged["rounds"] == 2 and merged["steps"] == 4
     assert merged["ms_median"] == pytest.approx(2.5) and merged["ms_min"] == 1.0 and merged["ms_max"] == 10.0
     assert merged["peak_mem_mb"] == 7.0 and merged["loss_last"] == 0.5
     assert merged["tokens_per_s"] == pytest.approx(2 * 4 / 0.0025)
-    failed = dict(benchmark._empty_row("floor", s), status="error", error="boom")
-    assert benchmark._merge_round(merged, failed, s) is failed  # a failure in any round is reported
+    failed = dict(bench_rows._empty_row("floor", s), status="error", error="boom")
+    assert bench_rows._merge_round(merged, failed, s) is failed  # a failure in any round is reported
 
 
 # ------------------------------------------------------------------ activation checkpointing, bf16 build
@@ -189,10 +190,10 @@ def test_gradient_checkpointing_is_applied_and_changes_no_number():
         for name in ("floor", "hyperformer++"):
             rows = {}
             for ckpt in (False, True):
-                s = benchmark.BenchSettings(batch=2, src_len=16, tgt_len=4, warmup=0, steps=3, tasks=["rte", "mrpc"],
+                s = bench.BenchSettings(batch=2, src_len=16, tgt_len=4, warmup=0, steps=3, tasks=["rte", "mrpc"],
                                             gradient_checkpointing=ckpt)
-                batch = benchmark._make_batch(s, preset_config(s.preset).vocab_size)
-                rows[ckpt] = benchmark.measure(name, s, batch, profile=False)
+                batch = bench_rows._make_batch(s, preset_config(s.preset).vocab_size)
+                rows[ckpt] = bench.measure(name, s, batch, profile=False)
                 assert rows[ckpt]["status"] == "ok", rows[ckpt]["error"]
                 assert rows[ckpt]["gradient_checkpointing"] is ckpt and rows[ckpt]["oom"] is False
             assert rows[True]["loss_first"] == pytest.approx(rows[False]["loss_first"], rel=1e-6)
@@ -204,14 +205,14 @@ def test_gradient_checkpointing_is_applied_and_changes_no_number():
 def test_build_dtype_constructs_in_the_compute_dtype():
     import torch
 
-    s = benchmark.BenchSettings(precision="bf16", tasks=["rte"])
-    model = benchmark._hyperscale_model(s, "hyperformer++")
+    s = bench.BenchSettings(precision="bf16", tasks=["rte"])
+    model = bench_rows._hyperscale_model(s, "hyperformer++")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # backbone and adapter bank alike
     assert torch.get_default_dtype() == torch.float32  # restored
-    s = benchmark.BenchSettings(precision="bf16", tasks=["rte"], build_dtype="fp32", gradient_checkpointing=True)
-    model = benchmark._hyperscale_model(s, "hyperformer++")
+    s = bench.BenchSettings(precision="bf16", tasks=["rte"], build_dtype="fp32", gradient_checkpointing=True)
+    model = bench_rows._hyperscale_model(s, "hyperformer++")
     assert {p.dtype for p in model.parameters()} == {torch.float32}
-    assert benchmark.checkpointing_active(model.backbone) and model._checkpointing()
+    assert bench_rows.checkpointing_active(model.backbone) and model._checkpointing()
 
 
 # ------------------------------------------------------------------ largest-batch search: the logic
@@ -228,52 +229,52 @@ def _fake_try(fits, log, error_at=None, clock=None, seconds=1.0):
 
 def test_search_doubles_then_bisects_to_the_boundary():
     log = []
-    r = benchmark.search_max_batch(_fake_try(lambda b: b <= 37, log), start=4, cap=1000)
+    r = bench.search_max_batch(_fake_try(lambda b: b <= 37, log), start=4, cap=1000)
     assert log == [4, 8, 16, 32, 64, 48, 40, 36, 38, 37]
     assert (r["status"], r["max_batch"], r["first_failing_batch"], r["failure"]) == ("converged", 37, 38, "oom")
     assert r["best"]["batch"] == 37 and [t["batch"] for t in r["tries"]] == log
     log = []  # coarser resolution: stops once the bracket is 8 wide
-    r = benchmark.search_max_batch(_fake_try(lambda b: b <= 37, log), start=4, cap=1000, resolution=8)
+    r = bench.search_max_batch(_fake_try(lambda b: b <= 37, log), start=4, cap=1000, resolution=8)
     assert log == [4, 8, 16, 32, 64, 48, 40] and (r["max_batch"], r["first_failing_batch"]) == (32, 40)
 
 
 def test_search_start_that_does_not_fit_cap_and_nothing_fits():
     log = []
-    r = benchmark.search_max_batch(_fake_try(lambda b: b <= 5, log), start=16, cap=64)
+    r = bench.search_max_batch(_fake_try(lambda b: b <= 5, log), start=16, cap=64)
     assert log == [16, 8, 4, 6, 5] and (r["status"], r["max_batch"], r["first_failing_batch"]) == ("converged", 5, 6)
     log = []
-    r = benchmark.search_max_batch(_fake_try(lambda b: True, log), start=3, cap=20)
+    r = bench.search_max_batch(_fake_try(lambda b: True, log), start=3, cap=20)
     assert log == [3, 6, 12, 20] and (r["status"], r["max_batch"], r["first_failing_batch"]) == ("cap", 20, None)
     log = []
-    r = benchmark.search_max_batch(_fake_try(lambda b: False, log), start=4, cap=8)
+    r = bench.search_max_batch(_fake_try(lambda b: False, log), start=4, cap=8)
     assert log == [4, 2, 1] and (r["max_batch"], r["first_failing_batch"], r["best"]) == (None, 1, None)
     log = []  # the resolution applies once something fits: a coarse search still finds a small batch
-    r = benchmark.search_max_batch(_fake_try(lambda b: b <= 20, log), start=256, cap=2048, resolution=128)
+    r = bench.search_max_batch(_fake_try(lambda b: b <= 20, log), start=256, cap=2048, resolution=128)
     assert log == [256, 128, 64, 32, 16] and (r["max_batch"], r["first_failing_batch"]) == (16, 32)
 
 
 def test_search_stops_on_other_errors_and_on_the_time_budget():
     log = []
-    r = benchmark.search_max_batch(_fake_try(lambda b: True, log, error_at=16), start=4, cap=64)
+    r = bench.search_max_batch(_fake_try(lambda b: True, log, error_at=16), start=4, cap=64)
     assert log == [4, 8, 16] and (r["status"], r["max_batch"], r["first_failing_batch"], r["failure"]) == \
         ("error", 8, 16, "error")
     log, clock = [], [0.0]  # 10 s per try; the next try's estimate is the last fit's 10 s x the batch ratio
-    r = benchmark.search_max_batch(_fake_try(lambda b: True, log, clock=clock, seconds=10.0), start=4, cap=64,
+    r = bench.search_max_batch(_fake_try(lambda b: True, log, clock=clock, seconds=10.0), start=4, cap=64,
                                    budget_s=35.0, clock=lambda: clock[0])
     assert log == [4, 8] and (r["status"], r["max_batch"], r["first_failing_batch"]) == ("budget", 8, None)
     log = []  # an already measured start is not run again
     first = {"batch": 4, "status": "ok", "seconds": 1.0, "ms_median": 5.0}
-    r = benchmark.search_max_batch(_fake_try(lambda b: b <= 9, log), start=4, cap=64, first=first)
+    r = bench.search_max_batch(_fake_try(lambda b: b <= 9, log), start=4, cap=64, first=first)
     assert log == [8, 16, 12, 10, 9] and r["tries"][0]["ms_median"] == 5.0 and r["max_batch"] == 9
 
 
 def test_search_settings_are_validated():
     with pytest.raises(ValueError, match="ds-zeroN"):
-        benchmark.settings_from_args(_args(device="cpu", only="hyperformer++", max_batch_search=True))
+        bench.settings_from_args(_args(device="cpu", only="hyperformer++", max_batch_search=True))
     with pytest.raises(ValueError, match="below --batch"):
-        benchmark.settings_from_args(_args(device="cpu", only="ds-zero2", max_batch_search=True, batch=8,
+        bench.settings_from_args(_args(device="cpu", only="ds-zero2", max_batch_search=True, batch=8,
                                            max_batch_cap=4))
-    s = benchmark.settings_from_args(_args(device="cpu", only="ds-zero2", max_batch_search=True,
+    s = bench.settings_from_args(_args(device="cpu", only="ds-zero2", max_batch_search=True,
                                            gradient_checkpointing=True, fake_mem_limit_mb=100.0))
     assert s.max_batch_search and s.gradient_checkpointing and s.fake_mem_limit_mb == 100.0
 
@@ -316,7 +317,7 @@ def test_phase3_max_batch_search_finds_the_boundary(phase3):
     out, _ = phase3
     result = json.loads((out / "bench_xxl_maxbatch.json").read_text())
     (sr,) = result["max_batch_search"]
-    assert set(benchmark.SEARCH_FIELDS) <= set(sr)
+    assert set(bench.SEARCH_FIELDS) <= set(sr)
     assert (sr["row"], sr["status"], sr["limit_mb"], sr["start"], sr["cap"]) == \
         ("ds-zero2", "converged", FAKE_MB, 1, 32)
     tries = sr["tries"]
@@ -333,7 +334,7 @@ def test_phase3_max_batch_search_finds_the_boundary(phase3):
     # doubling, then bisection: the same tries as the search logic gives for these outcomes
     outcome = {t["batch"]: t["status"] for t in tries}
     log = []
-    benchmark.search_max_batch(_fake_try(lambda b: outcome[b] == "ok", log), start=1, cap=32)
+    bench.search_max_batch(_fake_try(lambda b: outcome[b] == "ok", log), start=1, cap=32)
     assert log == [t["batch"] for t in tries]
     best = sr["best"]
     assert best["batch"] == sr["max_batch"] and best["status"] == "ok" and best["gradient_checkpointing"] is True

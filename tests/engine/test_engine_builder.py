@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hyperscale import benchmark
+from hyperscale import bench
+from hyperscale.bench import rows as bench_rows
 from hyperscale.training import engine as eng
 from hyperscale.training.recipe import Recipe
 
@@ -48,10 +49,10 @@ def _sets(engine) -> dict:
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_bench_and_trainer_build_the_same_engine(dist_env, spy, tmp_path: Path, stage: int):
-    s = benchmark.BenchSettings(backbone="t5-tiny", batch=4, src_len=16, tgt_len=4, precision="fp32",
+    s = bench.BenchSettings(backbone="t5-tiny", batch=4, src_len=16, tgt_len=4, precision="fp32",
                                 warmup=1, steps=1, tasks=["rte", "cb"], reduction_factor=8)
-    batch = benchmark._make_batch(s, 32128)
-    built = benchmark._build_deepspeed(s, batch, stage)
+    batch = bench_rows._make_batch(s, 32128)
+    built = bench_rows._build_deepspeed(s, batch, stage)
     built.step()
     assert [c.keys() for c in spy] == [{"ds_config", "engine"}, {"loss"}], "bench: build_engine, then forward_loss"
     bench_cfg, bench_engine = spy[0]["ds_config"], spy[0]["engine"]
@@ -59,7 +60,7 @@ def test_bench_and_trainer_build_the_same_engine(dist_env, spy, tmp_path: Path, 
     built.cleanup()
 
     # the trainer, with the run config the benchmark's shape means (same train and deepspeed sections)
-    cfg = benchmark.bench_run_config(s, stage)
+    cfg = bench.bench_run_config(s, stage)
     cfg = dataclasses.replace(
         cfg, output_dir=str(tmp_path / "run"),
         model=dataclasses.replace(cfg.model, backbone="preset:t5-tiny", reduction_factor=8),
