@@ -4,18 +4,33 @@ The backbone is built on the meta device (shapes only), wrapped, and counted::
 
     hyperscale params --backbone t5-base --method hyperformer++ --tasks 8 [--reduction-factor 32] [--json]
 
+Every other architecture field of ``hyperscale.modeling.config.ArchConfig`` is an option too
+(``--task-embedding-dim 32``, ``--no-train-layer-norms``, ...), generated from that schema.
+
 ``--backbone`` is a preset name (``t5-base``), ``preset:NAME``, or a local directory whose
 ``config.json`` is read. ``--tasks`` is a count or a comma-separated list of task names.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForSeq2SeqLM,
+    MT5ForConditionalGeneration,
+    T5ForConditionalGeneration,
+)
+
 from ..errors import ConfigError
+from ..modeling.config import METHODS, ArchConfig, HyperscaleConfig
+from ..modeling.model import HyperscaleModel
+from ..modeling.presets import PRESETS, preset_config, preset_ties_head, untie_lm_head
 
 DESCRIPTION = "Print the parameter report (trainable by group, total, % per task) without allocating weights."
 
@@ -36,13 +51,9 @@ def parse_tasks(spec: str) -> list[str]:
 
 def backbone_config(spec: str):
     """(config, tied LM head?) for a preset name, ``preset:NAME`` or a local model directory."""
-    from ..modeling.presets import PRESETS, preset_config, preset_ties_head
-
     if spec.startswith("preset:") or spec in PRESETS:
         return preset_config(spec), preset_ties_head(spec)
     if os.path.isdir(spec):
-        from transformers import AutoConfig
-
         cfg = AutoConfig.from_pretrained(spec)
         # transformers 5 forces tie_word_embeddings=True on T5/mT5 configs; the file says what the
         # checkpoint holds (false for v1.1, flan-t5 and mT5)
@@ -52,21 +63,13 @@ def backbone_config(spec: str):
                      f"presets: {', '.join(sorted(PRESETS))}")
 
 
-def build_report(backbone: str, method: str, tasks: list[str], reduction_factor: int = 32) -> dict[str, Any]:
-    """Build the model on the meta device and return its ``parameter_report()``."""
-    import torch
-    from transformers import (
-        AutoModelForSeq2SeqLM,
-        MT5ForConditionalGeneration,
-        T5ForConditionalGeneration,
-    )
-
-    from ..modeling.model import HyperscaleConfig, HyperscaleModel
-    from ..modeling.presets import untie_lm_head
-
+def build_report(backbone: str, method: str, tasks: list[str], reduction_factor: int = 32,
+                 **arch: Any) -> dict[str, Any]:
+    """Build the model on the meta device and return its ``parameter_report()``; ``arch``: other
+    ``ArchConfig`` fields (``task_embedding_dim=32``, ...)."""
     cfg, tied = backbone_config(backbone)
     config = HyperscaleConfig(method=method, tasks=list(tasks), reduction_factor=reduction_factor,
-                              backbone_id=backbone)
+                              backbone_id=backbone, **arch)
     with torch.device("meta"):
         if cfg.model_type == "mt5":
             model = MT5ForConditionalGeneration(cfg)
@@ -99,10 +102,13 @@ def format_report(report: dict[str, Any], backbone: str) -> str:
     return "\n".join(lines)
 
 
+def _other_arch_fields() -> list:
+    """The ``ArchConfig`` fields with an option of their own (generated from the schema)."""
+    return [f for f in dataclasses.fields(ArchConfig) if f.name not in ("method", "reduction_factor")]
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``params`` on an ``argparse`` subparsers object; sets ``func=run``."""
-    from ..modeling.model import METHODS
-
     p = subparsers.add_parser("params", help=DESCRIPTION.replace("%", "%%"), description=DESCRIPTION.replace("%", "%%"))
     p.add_argument("--backbone", default="t5-base",
                    help="preset name (t5-base, flan-t5-large, ...), preset:NAME, or a local model directory "
@@ -110,6 +116,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--method", default="hyperformer++", choices=METHODS, help="default hyperformer++")
     p.add_argument("--tasks", default="8", help="number of tasks, or a comma-separated list of names; default 8")
     p.add_argument("--reduction-factor", type=int, default=32, help="d_model / adapter bottleneck; default 32")
+    types = {"int": int, "float": float}
+    for f in _other_arch_fields():  # default None: the schema's default
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{f.metadata.get('help', f.name)}; default {f.default}".replace("%", "%%")
+        if f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            p.add_argument(flag, type=types.get(str(f.type), str), default=None, help=text)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
     return p
@@ -118,7 +132,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     try:
         tasks = parse_tasks(str(args.tasks))
-        report = build_report(args.backbone, args.method, tasks, args.reduction_factor)
+        arch = {f.name: getattr(args, f.name) for f in _other_arch_fields() if getattr(args, f.name, None) is not None}
+        report = build_report(args.backbone, args.method, tasks, args.reduction_factor, **arch)
     except (ValueError, OSError) as e:  # what the arguments name does not exist or does not fit
         raise ConfigError(str(e)) from None
     if args.json:

@@ -1,9 +1,15 @@
-"""Run configuration: dataclasses loaded from YAML with strict keys, validated, overridable.
+"""Run configuration: frozen dataclasses loaded from YAML with strict keys, validated, overridable.
 
 ``load_config(path, overrides)`` reads a YAML file (or the embedded default when ``path`` is
-None), applies ``key.sub=value`` overrides (values parsed as YAML scalars), rejects unknown keys
-with a "did you mean" hint and validates values. Mutable training state never lives here: see
-``hyperscale.training.state``.
+None), applies ``key.sub=value`` overrides (values parsed as YAML scalars) to the parsed YAML before
+anything is built, rejects unknown keys with a "did you mean" hint and validates values.
+
+A ``RunConfig`` is never changed after construction (every section is a frozen dataclass; its lists are
+its own copies): derive another one with ``cfg.with_overrides(["train.max_steps=10"])`` or
+``dataclasses.replace``. The ``model:`` section is ``ModelConfig``, which inherits every architecture
+field from ``hyperscale.modeling.config.ArchConfig`` (the one schema a saved model's
+``hyperscale_config.json`` is built from too) and adds the run-only fields. Mutable training state never
+lives here: see ``hyperscale.training.state``.
 """
 from __future__ import annotations
 
@@ -17,30 +23,28 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ..data.tasks import get_task
 from ..errors import ConfigError
-from ..modeling.model import METHODS
+from ..modeling.config import ArchConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 
-@dataclass
-class ModelConfig:
+@dataclass(frozen=True)
+class ModelConfig(ArchConfig):
+    """The ``model:`` section: the architecture fields of ``ArchConfig`` (method, reduction_factor, embedding
+    sizes, adapter_ln_eps, ...; defined and validated there, once) plus the settings of this run only."""
+
     backbone: str = "preset:t5-tiny"  # preset:NAME (random init, saved into the run), a directory, or a hub id
-    method: str = "hyperformer++"
-    reduction_factor: int = 32
-    task_embedding_dim: int = 64
-    layer_embedding_dim: int = 64
-    position_embedding_dim: int = 64
-    projector_hidden_dim: int = 128
-    conditioning_dim: int = 64
-    train_layer_norms: bool = True
     dropout: Optional[float] = None  # None keeps the backbone's dropout_rate
     gradient_checkpointing: bool = False
     init_seed: int = 0  # seed of a preset backbone's random init
 
+    _KEY_PREFIX = "model."  # errors of the architecture fields name them as the YAML does
 
-@dataclass
+
+@dataclass(frozen=True)
 class DataConfig:
     tasks: list = field(default_factory=lambda: ["rte", "mrpc", "sst2", "cola", "stsb", "cb"])
     data_dir: str = "sample"  # "sample" (shipped), "hub" (datasets.load_dataset) or a GLUE-layout directory
@@ -54,15 +58,18 @@ class DataConfig:
     stsb_grid: float = 0.2
     cache_dir: Optional[str] = None  # default: OUTPUT_DIR/../.hyperscale_cache
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", list(self.tasks))  # its own list: the caller's is never shared
 
-@dataclass
+
+@dataclass(frozen=True)
 class SamplerConfig:
     temperature: float = 10.0
     mode: str = "same-task"  # same-task | mixed
     group_by_length: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     max_steps: int = 1000
     global_batch_size: int = 32
@@ -80,7 +87,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
 
 
-@dataclass
+@dataclass(frozen=True)
 class DeepSpeedConfig:
     zero_stage: int = 2
     offload: bool = False  # ZeRO-3 parameter + optimizer offload to CPU
@@ -91,7 +98,7 @@ class DeepSpeedConfig:
     overlap_comm: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     every_steps: int = 0  # 0: only at the end
     mode: str = "rank"  # rank (rank classification where a task has a label set) | generate
@@ -99,28 +106,31 @@ class EvalConfig:
     batch_size: int = 32
     max_examples: Optional[int] = None  # per task and split
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "splits", list(self.splits))
 
-@dataclass
+
+@dataclass(frozen=True)
 class CheckpointConfig:
     every_steps: int = 0  # 0: only at the end
     keep_last: int = 2
     resume: Optional[str] = None  # None | auto | a checkpoint directory
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoggingConfig:
     every_steps: int = 10
     tensorboard: bool = True
     progress_bar: bool = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistributedConfig:
     timeout_s: int = 600
     check_task_sync: bool = False  # debug: verify with a collective that all ranks run the same tasks
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     output_dir: str = "runs/default"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -139,6 +149,15 @@ class RunConfig:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def with_overrides(self, overrides: list[str]) -> "RunConfig":
+        """A new, validated config: this one with ``key.sub=value`` overrides applied (this one is unchanged)."""
+        tree = self.to_dict()
+        for key, value in parse_overrides(list(overrides)):
+            _set_path(tree, key, value)
+        cfg = _build(RunConfig, tree, "")
+        validate(cfg)
+        return cfg
+
     def model_fingerprint(self) -> str:
         """Hash of everything a checkpoint's weights depend on (for resume compatibility)."""
         return hashlib.sha256(json.dumps(_weights_keys(self.to_dict()), sort_keys=True).encode()).hexdigest()[:16]
@@ -146,11 +165,16 @@ class RunConfig:
 
 # model keys that do not change a checkpoint's weights (free to differ on resume)
 _RESUME_FREE_MODEL_KEYS = ("gradient_checkpointing", "dropout")
+# model keys added after runs were fingerprinted: left out at their default, so that older checkpoints (whose
+# run_config.yaml lacks them, and whose weights were built with the default) keep their fingerprint
+_LATER_MODEL_KEYS = ("adapter_ln_eps",)
+_MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 
 def _weights_keys(d: dict) -> dict:
     model = d.get("model") or {}
-    return {"model": {k: v for k, v in model.items() if k not in _RESUME_FREE_MODEL_KEYS},
+    return {"model": {k: v for k, v in model.items() if k not in _RESUME_FREE_MODEL_KEYS
+                      and not (k in _LATER_MODEL_KEYS and v == _MODEL_DEFAULTS[k])},
             "tasks": (d.get("data") or {}).get("tasks")}
 
 
@@ -164,7 +188,10 @@ def resume_differences(saved_run_config: Union[str, Path], cfg: "RunConfig") -> 
         diffs.append(f"data.tasks: {old['tasks']} in the checkpoint, {new['tasks']} now")
     for key in sorted(set(old["model"]) | set(new["model"])):
         if old["model"].get(key) != new["model"].get(key):
-            diffs.append(f"model.{key}: {old['model'].get(key)!r} in the checkpoint, {new['model'].get(key)!r} now")
+            # a later key left out of the fingerprint was at its default
+            was, now = (old["model"].get(key, _MODEL_DEFAULTS.get(key) if key in _LATER_MODEL_KEYS else None),
+                        new["model"].get(key, _MODEL_DEFAULTS.get(key) if key in _LATER_MODEL_KEYS else None))
+            diffs.append(f"model.{key}: {was!r} in the checkpoint, {now!r} now")
     return diffs
 
 
@@ -249,7 +276,9 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
         else:
             if not dataclasses.is_dataclass(tp):
                 raise ConfigError(f"override '{dotted}': '{part}' is a value, not a section")
-            node = node.setdefault(part, {}) or node.setdefault(part, {})
+            if node.get(part) is None:  # a section absent from the file, or written as an empty `section:`
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{dotted}': '{part}' in the file is not a mapping")
             cls = tp
@@ -295,21 +324,16 @@ def validate(cfg: RunConfig) -> None:
         if not cond:
             raise ConfigError(msg)
 
+    # the architecture fields of cfg.model (method, reduction_factor, ...) were validated when it was built
     m, t, d = cfg.model, cfg.train, cfg.data
-    need(m.method in METHODS, f"model.method={m.method!r} is not a method; choose one of: {', '.join(METHODS)}")
-    need(m.reduction_factor >= 1, f"model.reduction_factor must be >= 1, got {m.reduction_factor}")
     need(m.dropout is None or 0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
     need(len(d.tasks) > 0, "data.tasks is empty: list at least one task, e.g. data.tasks=[rte,mrpc]")
     need(len(set(d.tasks)) == len(d.tasks), f"data.tasks has duplicates: {d.tasks}")
-    try:
-        from ..data.tasks import get_task
-
-        for name in d.tasks:
+    for name in d.tasks:
+        try:
             get_task(name)
-    except ImportError:
-        pass
-    except ValueError as e:
-        raise ConfigError(f"data.tasks: {e}") from None
+        except ValueError as e:
+            raise ConfigError(f"data.tasks: {e}") from None
     need(d.max_source_length > 0 and d.max_target_length > 0, "data.max_*_length must be positive")
     need(t.max_steps > 0, f"train.max_steps must be positive, got {t.max_steps}")
     need(t.global_batch_size > 0 and t.micro_batch_size > 0, "train.global_batch_size and micro_batch_size must be > 0")
