@@ -38,6 +38,10 @@ class RunExistsError(HyperscaleError, FileExistsError):
     """An output directory or file already holds results that would be overwritten."""
 
 
+class TrainingDivergedError(HyperscaleError):
+    """The loss became NaN or infinite, or DeepSpeed skipped every step (overflowing gradients)."""
+
+
 def _rank() -> int:
     """This process's rank as the launcher or the process group says (0 outside a launcher)."""
     try:

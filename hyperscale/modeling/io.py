@@ -121,10 +121,22 @@ def save_pretrained(directory: PathLike, config: HyperscaleConfig, state_dict: d
     sd = {k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.contiguous().cpu()
           for k, v in state_dict.items()}
     tmp = out / (WEIGHTS_NAME + ".tmp")
-    save_file(sd, str(tmp), metadata={"format": "pt", "hyperscale_format": str(FORMAT_VERSION)})
+    metadata = {"format": "pt", "hyperscale_format": str(FORMAT_VERSION), "method": config.method,
+                "tasks": json.dumps(list(config.tasks)), "sha256": tensors_digest(sd)}
+    save_file(sd, str(tmp), metadata=metadata)
     os.replace(tmp, out / WEIGHTS_NAME)
     (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     return out
+
+
+def tensors_digest(sd: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of a state dict (what ``model.safetensors`` records)."""
+    h = hashlib.sha256()
+    for name in sorted(sd):
+        t = sd[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def read_config(directory: PathLike) -> HyperscaleConfig:
@@ -132,13 +144,40 @@ def read_config(directory: PathLike) -> HyperscaleConfig:
     if not (d / CONFIG_NAME).is_file():
         raise CheckpointNotFoundError(f"{d} has no {CONFIG_NAME}: give a directory written by "
                                 "HyperscaleModel.save_pretrained or `hyperscale export`")
-    return HyperscaleConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
+    try:
+        return HyperscaleConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
+    except (ValueError, TypeError, UnicodeDecodeError) as e:  # ConfigError is a ValueError too
+        raise CheckpointError(f"{d / CONFIG_NAME} is not a valid hyperscale config: {e}") from None
 
 
-def read_weights(directory: PathLike) -> dict[str, torch.Tensor]:
+def read_weights(directory: PathLike, config: Optional[HyperscaleConfig] = None) -> dict[str, torch.Tensor]:
+    """``model.safetensors`` of a saved model, checked against what was recorded when it was written: the digest
+    of its tensors (garbled bytes), finite values, and the config's method and task order (a task list
+    reordered by hand would hand one task's embedding to another)."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    return load_file(str(Path(directory) / WEIGHTS_NAME))
+    path = Path(directory) / WEIGHTS_NAME
+    try:
+        sd = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} cannot be read ({e}); the export is damaged") from None
+    if meta.get("sha256") and tensors_digest(sd) != meta["sha256"]:
+        raise CheckpointError(f"{path} is corrupt: its tensors differ from the digest recorded when it was written")
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite values in {bad[:3]}{'...' if len(bad) > 3 else ''}; "
+                              "the weights are unusable (a diverged run, or a damaged file)")
+    if config is not None and "tasks" in meta:
+        saved_tasks = json.loads(meta["tasks"])
+        if saved_tasks != list(config.tasks) or meta.get("method", config.method) != config.method:
+            raise CheckpointError(
+                f"{Path(directory) / CONFIG_NAME} does not describe {path}: the weights were saved for method "
+                f"{meta.get('method')!r} and tasks {saved_tasks} (in this order), the config says {config.method!r} "
+                f"and {list(config.tasks)}; restore the config (task order matters)")
+    return sd
 
 
 def saved_backbone(config: HyperscaleConfig, backbone: Any, directory: PathLike) -> Any:

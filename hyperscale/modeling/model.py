@@ -259,7 +259,7 @@ class HyperscaleModel(nn.Module):
         model = cls(model_bb, config, compute_hash=False)
         if check_hash and config.uses_adapters and config.backbone_hash is not None:
             verify_backbone(model.backbone, config.backbone_hash, backbone_id, d)
-        model.load_trainable_state_dict(read_weights(d), source=str(d))
+        model.load_trainable_state_dict(read_weights(d, config), source=str(d))
         return model
 
     def load_trainable_state_dict(self, sd: dict[str, torch.Tensor], source: str = "state dict") -> None:

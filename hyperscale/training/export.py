@@ -23,7 +23,7 @@ from ..modeling.model import (
     HyperscaleModel,
     load_backbone,
 )
-from .checkpoint import COMPLETE, resolve_checkpoint
+from .checkpoint import COMPLETE, resolve_checkpoint, safe_load
 
 
 def _bf16_optimizer_state_dict(ckpt_dir: Path, files: list[Path]) -> dict[str, torch.Tensor]:
@@ -32,8 +32,8 @@ def _bf16_optimizer_state_dict(ckpt_dir: Path, files: list[Path]) -> dict[str, t
     import re
 
     files = sorted(files, key=lambda f: int(re.search(r"pp_rank_(\d+)_", f.name).group(1)))
-    states = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"] for f in files]
-    model_states = torch.load(ckpt_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    states = [safe_load(f)["optimizer_state_dict"] for f in files]
+    model_states = safe_load(ckpt_dir / "mp_rank_00_model_states.pt")
     sd: dict[str, torch.Tensor] = {}
     for g, shapes in enumerate(model_states["param_shapes"]):
         flat = torch.cat([st["single_partition_of_fp32_groups"][g].float() for st in states])
@@ -58,12 +58,11 @@ def consolidated_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     if bf16_files and stage == 1:
         sd = _bf16_optimizer_state_dict(ckpt_dir, bf16_files)
     elif stage == 0:
-        states = torch.load(ckpt_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        states = safe_load(ckpt_dir / "mp_rank_00_model_states.pt")
         sd = states["module"]
     else:
-        from deepspeed.utils.zero_to_fp32 import (
-            get_fp32_state_dict_from_zero_checkpoint,
-        )
+        # DeepSpeed only here: exports and inference run without it
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name,
                                                       exclude_frozen_parameters=True)
@@ -86,7 +85,12 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, materialize: bool
     if saved_hash and model.config.backbone_hash != saved_hash:
         raise CheckpointError(f"backbone {backbone or config.backbone_id!r} differs from the one {ckpt_dir} was trained on "
                          "(weight hash mismatch); pass --backbone with the original")
-    model.load_trainable_state_dict(consolidated_state_dict(ckpt_dir), source=str(ckpt_dir))
+    sd = consolidated_state_dict(ckpt_dir)
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{ckpt_dir} holds non-finite weights ({', '.join(bad[:3])}{'...' if len(bad) > 3 else ''}):"
+                              " the run diverged before this checkpoint; export an earlier one")
+    model.load_trainable_state_dict(sd, source=str(ckpt_dir))
     model.save_pretrained(out, overwrite=overwrite)
     if (ckpt_dir / "tokenizer").is_dir():
         shutil.copytree(ckpt_dir / "tokenizer", out / "tokenizer", dirs_exist_ok=True)

@@ -43,8 +43,8 @@ from ..data.tokenization import (
     load_tokenizer,
     tokenize_splits,
 )
-from ..errors import CheckpointNotFoundError, RunExistsError
-from ..modeling.model import HyperscaleConfig, HyperscaleModel, load_backbone
+from ..errors import CheckpointNotFoundError, HyperscaleError, RunExistsError, TrainingDivergedError
+from ..modeling.model import HyperscaleModel, load_backbone
 from . import checkpoint as ckpt
 from . import distributed as hdist
 from . import engine as eng
@@ -57,6 +57,7 @@ from .preemption import PreemptionHandler
 from .state import TrainState, seed_everything
 
 log0 = hdist.log0
+MAX_SKIPPED_IN_A_ROW = 10  # DeepSpeed skipping this many steps, and every step of a log window: diverged
 
 
 class Recipe:
@@ -84,6 +85,7 @@ class Recipe:
         self.engine: Any = None
         self.logger: Optional[RunLogger] = None
         self.preempt: Optional[PreemptionHandler] = None
+        self.run_lock: Any = None  # rank 0's open lock file on output_dir (released when the process ends)
         # mutable training state: checkpointed (TrainState) or derived per process
         self.state = TrainState()
         self.results: dict = {}  # split -> evaluation result of this process's latest evaluation
@@ -98,6 +100,7 @@ class Recipe:
         cfg = self.cfg
         info = hdist.init(cfg.distributed.timeout_s, cfg.train.device)
         self.rank, self.local_rank, self.world, self.device = info.rank, info.local_rank, info.world_size, info.device
+        self._lock_output_dir()
         self._check_output_dir()
         saved = self._resume_point()
         if saved is not None:
@@ -138,6 +141,17 @@ class Recipe:
             log0(f"{name} differs from the run's original; this resume's version: {path.name}")
         if not path.exists():
             path.write_text(text)
+
+    def _lock_output_dir(self) -> None:
+        """One run per output_dir: rank 0 holds its lock for the whole run; every rank stops if it cannot."""
+        error: Optional[HyperscaleError] = None
+        if self.rank == 0:
+            try:
+                self.run_lock = ckpt.lock_run_dir(self.output_dir)
+            except HyperscaleError as e:
+                error = e
+        if hdist.any_rank(error is not None):
+            raise error or RunExistsError(f"output_dir {self.output_dir} cannot be used (rank 0 says why)")
 
     def _check_output_dir(self) -> None:
         has_run = ckpt.find_latest(self.ckpt_root) is not None or (self.output_dir / "train_log.jsonl").exists()
@@ -215,10 +229,9 @@ class Recipe:
     def _setup_model(self) -> None:
         m = self.cfg.model
         backbone = self._resolve_backbone()
-        # the run config's model section names the architecture fields of HyperscaleConfig one to one
-        arch = {f: getattr(m, f) for f in HyperscaleConfig.__dataclass_fields__ if hasattr(m, f)}
+        # the model section is an ArchConfig (plus run-only fields): its architecture part is the model's
         with eng.sharded_construction(self.ds_config, self.cfg.deepspeed.build_sharded):
-            self.model = HyperscaleModel.from_backbone(backbone, self.tasks, **arch)
+            self.model = HyperscaleModel.from_backbone(backbone, self.tasks, **m.arch_dict())
         if m.dropout is not None:
             self.model.backbone.config.dropout_rate = m.dropout
             for mod in self.model.backbone.modules():
@@ -336,7 +349,8 @@ class Recipe:
     # ---------------------------------------------------------------- statistics
     def _empty_window(self) -> dict:
         return {"loss_sum": torch.zeros(len(self.tasks)), "count": torch.zeros(len(self.tasks)), "tokens": 0.0,
-                "start": time.perf_counter(), "lr": 0.0}
+                "start": time.perf_counter(), "lr": 0.0, "steps": 0,
+                "skipped": int(getattr(self.engine, "skipped_steps", 0) or 0)}
 
     def _flush_stats(self, bar: Any = None) -> None:
         """Bring the pending steps' statistics to the host: one all-reduce and one copy for all of them.
@@ -345,6 +359,13 @@ class Recipe:
             return
         stats = hdist.all_reduce(torch.stack(self.pending)).cpu()  # [steps, 3, tasks]
         first = self.state.step - len(self.pending) + 1
+        losses = stats[:, 0].sum(1) / stats[:, 1].sum(1).clamp(min=1)
+        if not torch.isfinite(losses).all():  # the same on every rank (all-reduced): all stop together
+            k = int((~torch.isfinite(losses)).nonzero()[0])
+            raise TrainingDivergedError(
+                f"the training loss became {float(losses[k])} at step {first + k} (lr {self.pending_lr[k]:.3g}); lower "
+                f"train.lr or check the data. Nothing from step {first + k} on was saved; the last checkpoint is "
+                f"{self.last_tag or 'none'}")
         for k, (s, lr) in enumerate(zip(stats, self.pending_lr)):
             loss = float(s[0].sum() / s[1].sum().clamp(min=1))
             self.logger.record({"step": first + k, "loss": loss, "lr": lr,
@@ -353,6 +374,7 @@ class Recipe:
             self.window["count"] += s[1]
             self.window["tokens"] += float(s[2].sum())
             self.window["lr"] = lr
+            self.window["steps"] += 1
             self.state.samples_seen += int(s[1].sum())
             self.state.tokens_seen += int(s[2].sum())
         if bar is not None:
@@ -378,6 +400,11 @@ class Recipe:
                 scalars[f"train/loss/{task}"] = float(w["loss_sum"][i] / w["count"][i])
         self.logger.scalars(step, scalars)
         self.logger.flush()
+        skipped = int(getattr(self.engine, "skipped_steps", 0))
+        if skipped - w["skipped"] >= w["steps"] > 0 and skipped >= MAX_SKIPPED_IN_A_ROW:
+            raise TrainingDivergedError(
+                f"DeepSpeed skipped every optimizer step of the last {w['steps']} ({skipped} in all, up to step {step}): "
+                f"the gradients overflow (inf/NaN); lower train.lr (now {self.cfg.train.lr:g}) or check the data")
         self.window = self._empty_window()
 
     # ================================================================== eval

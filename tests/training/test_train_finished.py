@@ -26,7 +26,7 @@ def _args(run: Path, *extra: str) -> list[str]:
 
 
 def _files(d: Path) -> dict:
-    return {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    return {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*") if p.is_file() and p.name != ".hyperscale.lock"}
 
 
 def test_resuming_a_finished_run_reports_it_and_changes_nothing(finished: Path, tmp_path: Path):

@@ -1,0 +1,157 @@
+"""Faults and damaged files: no fault loses work, no damaged file is used silently, no checkpoint runs code.
+
+Launches the tiny CPU config (one plain process, ZeRO-0, fp32) against copies of a finished run, plus unit checks
+of the rules the launches rely on."""
+from __future__ import annotations
+
+import errno
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from hyperscale.errors import CheckpointError, TrainingDivergedError
+from hyperscale.training import checkpoint as ckpt
+from hyperscale.training.recipe import Recipe
+from training_helpers import TINY, launch, log_tail
+
+pytestmark = pytest.mark.distributed
+
+
+@pytest.fixture
+def run_copy(runs, tmp_path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(runs("fp32-z0-1p").dir, dst)
+    return dst
+
+
+def _train(run: Path, tmp: Path, *extra: str, name: str = "train") -> tuple[int, str]:
+    log = tmp / f"{name}.log"
+    proc = launch(["-m", "hyperscale.train"], [str(TINY), f"output_dir={run}", "deepspeed.zero_stage=0", *extra],
+                  1, log, timeout=240)
+    return proc.returncode, log.read_text()
+
+
+def _error_lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.startswith("hyperscale: error:")]
+
+
+# -------------------------------------------------------------------------------------- divergence
+def test_a_diverging_run_stops_with_its_step_and_saves_nothing(tmp_path: Path):
+    run = tmp_path / "diverged"
+    rc, text = _train(run, tmp_path, "train.lr=1e6")
+    assert rc == 2, text[-3000:]
+    [line] = _error_lines(text)
+    assert "the training loss became nan at step" in line and "lower train.lr" in line
+    assert not (run / "checkpoints").exists() and not (run / "export").exists()
+    assert "Traceback" not in text
+
+
+def test_every_step_skipped_by_deepspeed_is_divergence():
+    r = Recipe.__new__(Recipe)
+    r.tasks, r.cfg = ["rte"], type("C", (), {"train": type("T", (), {"lr": 1e6})})()
+    r.state = type("S", (), {"step": 20})()
+    r.logger = type("L", (), {"scalars": lambda *a: None, "flush": lambda *a: None})()
+    r.own_grad_norm = None
+    r.engine = type("E", (), {"skipped_steps": 10, "get_global_grad_norm": lambda self: None})()
+    r.window = dict(r._empty_window(), steps=10, skipped=0)
+    with pytest.raises(TrainingDivergedError, match="skipped every optimizer step of the last 10"):
+        r._log_window()
+    r.window = dict(r._empty_window(), steps=10, skipped=3)  # some steps went through: training goes on
+    r.engine.skipped_steps = 10
+    r._log_window()
+
+
+# -------------------------------------------------------------------------------------- one run per dir
+def test_a_second_run_in_the_same_output_dir_is_refused(tmp_path: Path):
+    run = tmp_path / "busy"
+    holder = ckpt.lock_run_dir(run)  # this test process plays the first run
+    try:
+        rc, text = _train(run, tmp_path, name="second")
+    finally:
+        holder.close()
+    assert rc == 2, text[-3000:]
+    [line] = _error_lines(text)
+    assert "is in use by another run (pid" in line and "choose another output_dir" in line
+    assert not (run / "train_log.jsonl").exists()
+
+
+# -------------------------------------------------------------------------------------- damaged checkpoints
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(run_copy: Path, tmp_path: Path):
+    latest = run_copy / "checkpoints" / "step-00000012"
+    optim = next(latest.glob("*optim_states.pt"), None) or next(latest.glob("*model_states.pt"))
+    with optim.open("r+b") as f:  # 4 KiB of garbage in the middle
+        f.seek(optim.stat().st_size // 2)
+        f.write(b"\x5a" * 4096)
+    rc, text = _train(run_copy, tmp_path, "--resume", str(latest), name="explicit")
+    assert rc == 2 and "is corrupt" in _error_lines(text)[0] and optim.name in _error_lines(text)[0], text[-3000:]
+    (run_copy / "results.json").unlink()  # (the resume re-runs step 12's evaluation)
+    rc, text = _train(run_copy, tmp_path, "--resume", "auto", name="auto")
+    assert rc == 0, log_tail(tmp_path / "auto.log")
+    assert "skipping a checkpoint" in text and "resumed from" in text and "step-00000008 at step 8" in text
+    steps = [json.loads(ln)["step"] for ln in (run_copy / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+    # the damaged checkpoint was not overwritten: it was moved aside, and a new step 12 written
+    assert list((run_copy / "checkpoints").glob("step-00000012.replaced-*"))
+    ckpt.verify(run_copy / "checkpoints" / "step-00000012")
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(run_copy: Path, tmp_path: Path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    latest = run_copy / "checkpoints" / "step-00000012"
+    torch.save({"python": Payload()}, latest / "rng" / "rank-0.pt", pickle_module=pickle)
+    # a careful attacker also rewrites the digests
+    (latest / ckpt.COMPLETE).write_text(json.dumps({"version": 1, "files": ckpt._manifest(latest)}))
+    rc, text = _train(run_copy, tmp_path, "--resume", str(latest), name="explicit")
+    assert rc == 2 and "would run code" in _error_lines(text)[0] and "rank-0.pt" in text, text[-3000:]
+    from hyperscale.cli import main
+
+    assert main(["export", str(latest), str(tmp_path / "export")]) == 2
+    # --resume auto does not load it either: it falls back to the previous checkpoint, saying why
+    (run_copy / "results.json").unlink()
+    rc, text = _train(run_copy, tmp_path, "--resume", "auto", name="auto")
+    assert rc == 0 and "skipping a checkpoint" in text and "would run code" in text, text[-3000:]
+    assert not marker.exists()
+
+
+def test_preemption_right_after_a_checkpoint_does_not_save_twice(run_copy: Path):
+    r = Recipe.__new__(Recipe)
+    r.last_tag, r.state = "step-00000012", type("S", (), {"step": 12})()
+    assert r.save() == "step-00000012"  # returns at once: no engine, no files touched
+
+
+def test_a_full_disk_is_one_clear_line(tmp_path: Path, monkeypatch):
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: type("U", (), {"free": 1024})())
+    with pytest.raises(CheckpointError, match="the disk is full"):
+        ckpt._explain_write_failure(root, root / "step-00000004", OSError(errno.ENOSPC, "No space left on device"))
+
+
+# -------------------------------------------------------------------------------------- damaged exports
+def test_a_damaged_export_is_refused(runs, tmp_path: Path, capsys):
+    from hyperscale.cli import main
+
+    export = tmp_path / "export"
+    shutil.copytree(runs("fp32-z0-1p").dir / "export", export)
+    weights = export / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-2048:-1024] = b"\x11" * 1024  # garbled values past the header
+    weights.write_bytes(bytes(data))
+    argv = ["predict", str(export), "--task", "rte", "--mode", "rank", "sentence1: a. sentence2: b."]
+    assert main(argv) == 2 and "is corrupt" in capsys.readouterr().err
+
+    shutil.rmtree(export)
+    shutil.copytree(runs("fp32-z0-1p").dir / "export", export)
+    config = json.loads((export / "hyperscale_config.json").read_text())
+    config["tasks"] = list(reversed(config["tasks"]))
+    (export / "hyperscale_config.json").write_text(json.dumps(config))
+    assert main(argv) == 2 and "task order matters" in capsys.readouterr().err
