@@ -25,7 +25,6 @@ import tempfile
 import traceback
 from pathlib import Path
 
-import torch
 from torch.overrides import TorchFunctionMode
 
 REPO = Path(__file__).resolve().parents[2]

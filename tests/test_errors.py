@@ -1,0 +1,102 @@
+"""Bad input meets one handler everywhere: ``hyperscale train`` and ``python -m hyperscale.train`` (one process,
+and two ranks started as srun starts them: plain processes with RANK/WORLD_SIZE set) print the same single
+``hyperscale: error: ...`` line, once, with no traceback, and exit with status 2. The inputs are what a new user
+gets wrong: config keys and values, config files, task names, data and backbone paths, run directories."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "training"))
+from training_helpers import TINY, run_env  # noqa: E402
+
+pytestmark = pytest.mark.distributed
+
+# (id, arguments after the command, text the one error line must contain); {tmp} is a scratch directory
+CASES = [
+    ("unknown-key", [str(TINY), "train.max_stepz=5"], "did you mean 'max_steps'"),
+    ("bad-integer", [str(TINY), "train.max_steps=abc"], "train.max_steps must be an integer"),
+    ("bad-choice", [str(TINY), "train.precision=fp8"], "train.precision must be bf16, fp32 or fp16"),
+    ("missing-config", ["{tmp}/nope.yaml"], "nope.yaml"),
+    ("broken-yaml", ["{tmp}/broken.yaml"], "broken.yaml"),
+    ("unknown-task", [str(TINY), "data.tasks=[rte,nosuch]"], "Unknown task 'nosuch'"),
+    ("missing-data-dir", [str(TINY), "data.data_dir={tmp}/no-data"], "is not a directory"),
+    ("missing-backbone", [str(TINY), "model.backbone={tmp}/no-model"], "does not exist"),
+    ("run-exists", [str(TINY), "output_dir={tmp}/existing"], "already holds a run"),
+    ("resume-missing", [str(TINY), "--resume", "{tmp}/no-checkpoint"], "no complete hyperscale checkpoint"),
+]
+MODES = ["hyperscale-train", "python-m-train", "two-ranks"]
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "broken.yaml").write_text("train: {max_steps: 3\n  lr: [\n")
+    (tmp / "existing").mkdir()
+    (tmp / "existing" / "train_log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    return tmp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(mode: str, args: list[str], out: Path) -> tuple[list[int], str]:
+    env = run_env()
+    if mode == "hyperscale-train":
+        cmds = [[sys.executable, "-m", "hyperscale.cli", "train", *args]]
+        envs = [env]
+    elif mode == "python-m-train":
+        cmds, envs = [[sys.executable, "-m", "hyperscale.train", *args]], [env]
+    else:
+        port = str(_free_port())
+        cmds = [[sys.executable, "-m", "hyperscale.train", *args]] * 2
+        envs = [dict(env, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+                for r in range(2)]
+    if not any(a.startswith("output_dir=") for a in args):
+        args.append(f"output_dir={out / 'run'}")
+    procs = [subprocess.Popen(c, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for c, e in zip(cmds, envs)]
+    texts = [p.communicate(timeout=240)[0] for p in procs]
+    return [p.returncode for p in procs], "".join(texts)
+
+
+@pytest.fixture(scope="module")
+def outcomes(scratch: Path) -> dict:
+    jobs = {}
+    for case_id, args, _ in CASES:
+        for mode in MODES:
+            out = scratch / f"{case_id}-{mode}"
+            out.mkdir()
+            concrete = [a.replace("{tmp}", str(scratch)) for a in args]
+            jobs[(case_id, mode)] = (concrete, out)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {key: pool.submit(_launch, key[1], list(a), out) for key, (a, out) in jobs.items()}
+        return {key: f.result() for key, f in futures.items()}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case_id, args, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_line_and_exit_2(outcomes, case_id, args, expected, mode):
+    codes, text = outcomes[(case_id, mode)]
+    lines = [ln for ln in text.splitlines() if "hyperscale: error:" in ln]
+    assert codes == [2] * len(codes), f"exit codes {codes}\n{text[-3000:]}"
+    assert len(lines) == 1, f"expected the error once, got {len(lines)}:\n{text[-3000:]}"
+    assert lines[0].startswith("hyperscale: error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.mark.parametrize("case_id", [c[0] for c in CASES])
+def test_every_entry_point_says_the_same(outcomes, case_id):
+    said = {mode: [ln for ln in outcomes[(case_id, mode)][1].splitlines() if "hyperscale: error:" in ln]
+            for mode in MODES}
+    normalised = {m: [ln.replace(str(Path.cwd()), "") for ln in v] for m, v in said.items()}
+    assert len({tuple(v) for v in normalised.values()}) == 1, said
