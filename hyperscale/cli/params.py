@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,17 @@ DESCRIPTION = "Print the parameter report (trainable by group, total, % per task
 def parse_tasks(spec: str) -> list[str]:
     """``"8"`` -> ``task0..task7``; ``"rte,sst2"`` -> ``["rte", "sst2"]``."""
     spec = spec.strip()
-    if spec.isdigit():
+    if re.fullmatch(r"[+-]?\d+", spec):
         n = int(spec)
         if n < 1:
-            raise ValueError("--tasks must be at least 1")
+            raise ValueError(f"--tasks must be at least 1, got {n}")
         return [f"task{i}" for i in range(n)]
     names = [t.strip() for t in spec.split(",") if t.strip()]
     if not names:
         raise ValueError(f"--tasks {spec!r}: give a count or a comma-separated list of task names")
+    bad = [t for t in names if not re.fullmatch(r"[A-Za-z][\w.-]*", t)]
+    if bad:
+        raise ValueError(f"--tasks: {bad} are not task names (a name starts with a letter); give a count or names")
     return names
 
 

@@ -36,7 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, TextIO
 
+import yaml
+
 from ..errors import ConfigError
+from ..training.config import load_config
 
 __all__ = ["add_parser", "run", "rank_table", "render_script", "format_rank_table"]
 
@@ -149,11 +152,9 @@ def _output_dir(config: str, overrides: Sequence[str]) -> Optional[str]:
         if o.startswith("output_dir="):
             return o.split("=", 1)[1]
     try:
-        import yaml
-
         with open(config) as f:
             data = yaml.safe_load(f) or {}
-    except (OSError, ImportError):
+    except OSError:
         return None
     except Exception as e:  # malformed YAML: let the trainer report it properly
         raise ConfigError(f"cannot read {config}: {e}")
@@ -176,6 +177,11 @@ def _validate(args: argparse.Namespace) -> None:
         raise ConfigError(f"overrides must look like key.sub=value: {bad}")
     if not Path(args.config).is_file():
         raise ConfigError(f"config {args.config} not found")
+    for name in ("cpus_per_task", "ntasks_per_node"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    load_config(args.config, list(args.overrides))  # the trainer would refuse the job later: refuse it now
 
 
 def render_script(args: argparse.Namespace, script: Path, log: str, workdir: Path,

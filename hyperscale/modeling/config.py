@@ -112,6 +112,9 @@ class HyperscaleConfig(ArchConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.tasks, str) or not all(isinstance(t, str) and t for t in self.tasks):
+            raise ConfigError(f"tasks must be a list of task names (strings), got {self.tasks!r}; e.g. "
+                              "tasks=['rte', 'mrpc']")
         if not self.tasks:
             raise ConfigError("tasks is empty: give at least one task name")
         if len(set(self.tasks)) != len(self.tasks):

@@ -159,6 +159,8 @@ class HyperscaleModel(nn.Module):
             task_ids = task_ids.tolist()  # one host sync; collators produce CPU tensors
         if isinstance(task_ids, (str, int)):
             return [self.task_index(task_ids)], None
+        if not isinstance(task_ids, (list, tuple)):
+            raise self._task_error(task_ids)
         ids = [self.task_index(t) for t in task_ids]
         if len(ids) != batch_size:
             raise ConfigError(f"got {len(ids)} task ids for a batch of {batch_size} examples")

@@ -265,7 +265,12 @@ def _explain_write_failure(ckpt_root: Path, target: Path, error: BaseException) 
 
 
 def _prune(ckpt_root: Path, keep_last: int) -> None:
+    """Keep the last ``keep_last`` complete checkpoints and the best; remove interrupted saves
+    (``step-N.incomplete-*``) older than the newest complete one. Replaced checkpoints stay."""
     tags = complete_tags(ckpt_root)
+    for stale in ckpt_root.glob("step-*.incomplete-*"):
+        if tags and stale.name.split(".")[0] <= tags[-1]:
+            shutil.rmtree(stale, ignore_errors=True)
     keep = set(tags[-keep_last:])
     best = read_pointer(ckpt_root, "best")
     if best:

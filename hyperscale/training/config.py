@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
@@ -85,6 +86,9 @@ class TrainConfig:
     precision: str = "bf16"  # bf16 | fp32 | fp16 (fp16 needs allow_fp16)
     allow_fp16: bool = False
     device: str = "auto"  # auto | cpu | cuda
+    # a NaN/inf loss stops the run (with RUN/diverged-step-N.json); so do this many optimizer steps in a row
+    # that DeepSpeed skipped for overflowing gradients
+    max_skipped_steps: int = 10
 
 
 @dataclass(frozen=True)
@@ -340,7 +344,12 @@ def validate(cfg: RunConfig) -> None:
     need(t.global_batch_size % t.micro_batch_size == 0,
          f"train.global_batch_size ({t.global_batch_size}) must be a multiple of train.micro_batch_size "
          f"({t.micro_batch_size}) x world size")
+    for key in ("lr", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "grad_clip"):
+        need(math.isfinite(getattr(t, key)), f"train.{key} must be a finite number, got {getattr(t, key)}")
     need(t.lr > 0, f"train.lr must be positive, got {t.lr}")
+    need(0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1, "train.adam_beta1 and adam_beta2 must be in [0, 1)")
+    need(t.adam_eps > 0 and t.weight_decay >= 0, "train.adam_eps must be > 0 and train.weight_decay >= 0")
+    need(t.max_skipped_steps >= 1, f"train.max_skipped_steps must be >= 1, got {t.max_skipped_steps}")
     need(t.warmup_steps >= 0, "train.warmup_steps must be >= 0")
     need(t.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables clipping)")
     need(t.precision in ("bf16", "fp32", "fp16"), f"train.precision must be bf16, fp32 or fp16, got {t.precision!r}")
@@ -354,6 +363,13 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.sampler.mode in ("same-task", "mixed"), f"sampler.mode must be same-task or mixed, got {cfg.sampler.mode!r}")
     need(cfg.sampler.temperature > 0, "sampler.temperature must be > 0")
     need(cfg.eval.mode in ("rank", "generate"), f"eval.mode must be rank or generate, got {cfg.eval.mode!r}")
+    need(cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}")
+    need(cfg.eval.max_examples is None or cfg.eval.max_examples >= 1,
+         f"eval.max_examples must be >= 1 (or null for all), got {cfg.eval.max_examples}")
+    need(len(cfg.eval.splits) > 0, "eval.splits is empty: list validation and/or test")
+    for key in ("n_train", "n_val", "n_test"):
+        n = getattr(d, key)
+        need(n is None or n >= 1, f"data.{key} must be >= 1 (or null for all), got {n}")
     for s in cfg.eval.splits:
         need(s in ("validation", "test"), f"eval.splits: {s!r} is not validation or test")
     need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,12 +44,12 @@ from ..data.tokenization import (
     load_tokenizer,
     tokenize_splits,
 )
-from ..errors import CheckpointNotFoundError, HyperscaleError, RunExistsError, TrainingDivergedError
+from ..errors import CheckpointNotFoundError, ConfigError, HyperscaleError, RunExistsError, TrainingDivergedError
 from ..modeling.model import HyperscaleModel, load_backbone
 from . import checkpoint as ckpt
 from . import distributed as hdist
 from . import engine as eng
-from .config import ConfigError, RunConfig, resume_differences
+from .config import RunConfig, resume_differences
 from .ds_config import build_ds_config
 from .evaluate import predict_task
 from .export import export_checkpoint
@@ -57,7 +58,6 @@ from .preemption import PreemptionHandler
 from .state import TrainState, seed_everything
 
 log0 = hdist.log0
-MAX_SKIPPED_IN_A_ROW = 10  # DeepSpeed skipping this many steps, and every step of a log window: diverged
 
 
 class Recipe:
@@ -104,6 +104,7 @@ class Recipe:
         self._check_output_dir()
         saved = self._resume_point()
         if saved is not None:
+            self._check_topology(saved)
             self.last_tag = self.resume_from.name
             self.finished = saved.step >= cfg.train.max_steps
             if self.finished and (self.output_dir / "results.json").is_file():
@@ -121,6 +122,8 @@ class Recipe:
         self.state.config_fingerprint = cfg.model_fingerprint()
         self.state.backbone_hash = self.model.config.backbone_hash
         self.state.schedule = eng.schedule_state(self.engine, cfg.train.lr)
+        self.state.world_size, self.state.zero_stage = self.world, cfg.deepspeed.zero_stage
+        self._check_free_space()
         if self.rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._write_once("config.yaml", cfg.to_yaml())
@@ -174,6 +177,30 @@ class Recipe:
         if saved is not None:
             self._check_fingerprint(self.resume_from, saved.config_fingerprint)
         return saved
+
+    def _check_topology(self, saved: TrainState) -> None:
+        """ZeRO 1-3 partition the optimizer state over the ranks that wrote it; DeepSpeed cannot read it back on
+        another number of ranks or under another stage (a ZeRO-0 checkpoint holds it whole: it can)."""
+        stage, world = self.cfg.deepspeed.zero_stage, self.world
+        if saved.world_size is None or (saved.world_size, saved.zero_stage) == (world, stage):
+            return
+        if saved.zero_stage == 0 and stage == 0:
+            return
+        raise ConfigError(
+            f"cannot resume from {self.resume_from}: it was written by {saved.world_size} rank(s) under ZeRO-"
+            f"{saved.zero_stage}, this run has {world} rank(s) under ZeRO-{stage}. Resume with the same number of "
+            f"ranks and deepspeed.zero_stage={saved.zero_stage}; to change them, `hyperscale export` the run and start "
+            "a new one (the weights are kept, the optimizer state is not)")
+
+    def _check_free_space(self) -> None:
+        """Refuse to start when output_dir cannot hold two checkpoints (trainable weights, fp32 masters and two
+        Adam moments: about 16 bytes per trainable parameter, on top of what is there)."""
+        trainable = sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters() if p.requires_grad)
+        need = 2 * (16 * trainable + (8 << 20))
+        free = shutil.disk_usage(self.output_dir).free if self.rank == 0 else need
+        if hdist.any_rank(free < need):
+            raise ConfigError(f"output_dir {self.output_dir} has {free / 2**20:.0f} MiB free; two checkpoints of this "
+                              f"run need about {need / 2**20:.0f} MiB: free space or choose another output_dir")
 
     def _check_fingerprint(self, ckpt_dir: Path, saved_fingerprint: str) -> None:
         fp = self.cfg.model_fingerprint()
@@ -362,10 +389,11 @@ class Recipe:
         losses = stats[:, 0].sum(1) / stats[:, 1].sum(1).clamp(min=1)
         if not torch.isfinite(losses).all():  # the same on every rank (all-reduced): all stop together
             k = int((~torch.isfinite(losses)).nonzero()[0])
+            report = self._write_diagnostic(first + k, stats[k], self.pending_lr[k])
             raise TrainingDivergedError(
                 f"the training loss became {float(losses[k])} at step {first + k} (lr {self.pending_lr[k]:.3g}); lower "
                 f"train.lr or check the data. Nothing from step {first + k} on was saved; the last checkpoint is "
-                f"{self.last_tag or 'none'}")
+                f"{self.last_tag or 'none'}; details in {report}")
         for k, (s, lr) in enumerate(zip(stats, self.pending_lr)):
             loss = float(s[0].sum() / s[1].sum().clamp(min=1))
             self.logger.record({"step": first + k, "loss": loss, "lr": lr,
@@ -380,6 +408,22 @@ class Recipe:
         if bar is not None:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         self.pending, self.pending_lr = [], []
+
+    def _write_diagnostic(self, step: int, stats: torch.Tensor, lr: float) -> Path:
+        """``RUN/diverged-step-N.json``: what a user needs to see why a run stopped (rank 0 writes it)."""
+        per_task = {t: {"examples": int(stats[1][i]), "loss": float(stats[0][i] / stats[1][i])}
+                    for i, t in enumerate(self.tasks) if stats[1][i] > 0}
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is None and self.own_grad_norm is not None:
+            grad_norm = self.own_grad_norm
+        report = {"step": step, "lr": lr, "tasks": per_task,
+                  "grad_norm": None if grad_norm is None else float(grad_norm),
+                  "skipped_steps": int(getattr(self.engine, "skipped_steps", 0) or 0),
+                  "last_checkpoint": self.last_tag}
+        path = self.output_dir / f"diverged-step-{step:08d}.json"
+        if self.rank == 0:
+            path.write_text(json.dumps(report, indent=2) + "\n")
+        return path
 
     def _log_window(self) -> None:
         w, step = self.window, self.state.step
@@ -401,7 +445,7 @@ class Recipe:
         self.logger.scalars(step, scalars)
         self.logger.flush()
         skipped = int(getattr(self.engine, "skipped_steps", 0))
-        if skipped - w["skipped"] >= w["steps"] > 0 and skipped >= MAX_SKIPPED_IN_A_ROW:
+        if skipped - w["skipped"] >= w["steps"] > 0 and skipped >= self.cfg.train.max_skipped_steps:
             raise TrainingDivergedError(
                 f"DeepSpeed skipped every optimizer step of the last {w['steps']} ({skipped} in all, up to step {step}): "
                 f"the gradients overflow (inf/NaN); lower train.lr (now {self.cfg.train.lr:g}) or check the data")

@@ -22,6 +22,9 @@ class TrainState:
     # the learning-rate schedule the optimizer ran under (see engine.continue_schedule):
     # {"peak_lr", "warmup_steps", "total_steps"}
     schedule: dict = field(default_factory=dict)
+    # the topology that wrote the checkpoint: ZeRO 1-3 optimizer states are partitioned per rank
+    world_size: Optional[int] = None
+    zero_stage: Optional[int] = None
 
     def to_dict(self) -> dict:
         return asdict(self)

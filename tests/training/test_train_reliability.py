@@ -47,12 +47,14 @@ def test_a_diverging_run_stops_with_its_step_and_saves_nothing(tmp_path: Path):
     [line] = _error_lines(text)
     assert "the training loss became nan at step" in line and "lower train.lr" in line
     assert not (run / "checkpoints").exists() and not (run / "export").exists()
+    report = json.loads(next(run.glob("diverged-step-*.json")).read_text())
+    assert report["last_checkpoint"] is None and report["tasks"] and "grad_norm" in report
     assert "Traceback" not in text
 
 
 def test_every_step_skipped_by_deepspeed_is_divergence():
     r = Recipe.__new__(Recipe)
-    r.tasks, r.cfg = ["rte"], type("C", (), {"train": type("T", (), {"lr": 1e6})})()
+    r.tasks, r.cfg = ["rte"], type("C", (), {"train": type("T", (), {"lr": 1e6, "max_skipped_steps": 10})})()
     r.state = type("S", (), {"step": 20})()
     r.logger = type("L", (), {"scalars": lambda *a: None, "flush": lambda *a: None})()
     r.own_grad_norm = None
