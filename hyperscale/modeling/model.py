@@ -101,7 +101,8 @@ class HyperscaleModel(nn.Module):
         **kwargs: Any,
     ) -> "HyperscaleModel":
         """Wrap ``backbone`` (a T5 model, a local directory, a hub id or ``preset:NAME``)."""
-        config = HyperscaleConfig(method=method, tasks=list(tasks), reduction_factor=reduction_factor, **kwargs)
+        tasks = tasks if isinstance(tasks, str) else list(tasks)  # a bare string is refused by the config
+        config = HyperscaleConfig(method=method, tasks=tasks, reduction_factor=reduction_factor, **kwargs)
         model, backbone_id = load_backbone(backbone, torch_dtype)
         return cls(model, dataclasses.replace(config, backbone_id=backbone_id))
 

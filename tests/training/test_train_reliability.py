@@ -157,3 +157,17 @@ def test_a_damaged_export_is_refused(runs, tmp_path: Path, capsys):
     config["tasks"] = list(reversed(config["tasks"]))
     (export / "hyperscale_config.json").write_text(json.dumps(config))
     assert main(argv) == 2 and "task order matters" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------------- another topology
+def test_resume_on_another_world_size_is_refused_before_the_model_is_built(runs, tmp_path: Path):
+    run = tmp_path / "two-ranks"
+    shutil.copytree(runs("fp32-z2").dir, run)
+    log = tmp_path / "one-rank.log"
+    proc = launch(["-m", "hyperscale.train"], [str(TINY), f"output_dir={run}", "train.max_steps=14", "--resume",
+                                               "auto"], 1, log, timeout=180)
+    text = log.read_text()
+    assert proc.returncode == 2, text[-3000:]
+    [line] = _error_lines(text)
+    assert "written by 2 rank(s) under ZeRO-2, this run has 1 rank(s)" in line and "hyperscale export" in line
+    assert "model:" not in text  # refused before data, model and engine were built
