@@ -171,3 +171,53 @@ def test_resume_on_another_world_size_is_refused_before_the_model_is_built(runs,
     [line] = _error_lines(text)
     assert "written by 2 rank(s) under ZeRO-2, this run has 1 rank(s)" in line and "hyperscale export" in line
     assert "model:" not in text  # refused before data, model and engine were built
+
+
+# -------------------------------------------------------------------------------------- preemption
+def test_preemption_at_a_checkpoint_step_saves_once_and_resumes_exactly(runs, tmp_path: Path):
+    """Two ranks started as srun starts them; SIGUSR1 reaches both while every step is a checkpoint step. Both exit
+    0 after saving that step once; --resume auto then reproduces the uninterrupted run's losses."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from training_helpers import REPO, run_env
+
+    run = tmp_path / "preempted"
+    args = [str(TINY), f"output_dir={run}", "checkpoint.every_steps=1", "logging.every_steps=1"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    logs = [(tmp_path / f"rank{r}.log").open("w") for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-m", "hyperscale.train", *args], cwd=REPO, stdout=logs[r],
+                              stderr=subprocess.STDOUT, env=dict(run_env(), RANK=str(r), LOCAL_RANK=str(r),
+                                                                 WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                                                 MASTER_PORT=port))
+             for r in range(2)]
+    deadline = time.time() + 240
+    log_file = run / "train_log.jsonl"
+    while time.time() < deadline and not (log_file.is_file() and len(log_file.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    for p in procs:
+        os.kill(p.pid, signal.SIGUSR1)
+    codes = [p.wait(timeout=240) for p in procs]
+    for f in logs:
+        f.close()
+    text = "".join((tmp_path / f"rank{r}.log").read_text() for r in range(2))
+    assert codes == [0, 0], text[-4000:]
+    assert "preemption signal: saving at step" in text and "Traceback" not in text
+    stopped = int(json.loads(log_file.read_text().splitlines()[-1])["step"])
+    assert 3 <= stopped < 12, f"the signal came too late (step {stopped}): the run had finished"
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{stopped:08d}"
+
+    log = tmp_path / "resume.log"
+    proc = launch(["-m", "hyperscale.train"], [*args, "--resume", "auto"], 2, log)
+    assert proc.returncode == 0, log_tail(log)
+    resumed = {e["step"]: e["loss"] for e in map(json.loads, log_file.read_text().splitlines())}
+    reference = runs("fp32-z2").losses()
+    assert resumed.keys() == reference.keys()
+    for step in reference:
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
