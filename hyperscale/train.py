@@ -11,6 +11,7 @@ from typing import Optional
 
 from .errors import run_main
 from .training.config import load_config
+from .training.logging import quiet_known_noise
 from .training.recipe import Recipe, format_results
 
 __all__ = ["Recipe", "build_arg_parser", "format_results", "main", "run"]
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: Optional[list[str]] = None) -> int:
     # intermixed: overrides may come after --resume (`... --resume auto train.max_steps=2000`)
     args = build_arg_parser().parse_intermixed_args(argv)
+    quiet_known_noise()
     return run_main(lambda: run(args) and 0)
 
 

@@ -12,6 +12,7 @@ import sys
 from typing import Optional
 
 from ..errors import run_main
+from ..training.logging import quiet_known_noise
 from . import bench, export, params, predict, slurm, train
 from . import eval as eval_cmd
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    quiet_known_noise()
     if argv[:1] == ["train"]:  # overrides may follow --resume: argparse mixes them only without subparsers
         args = train.parse_args(argv[1:])
     else:

@@ -35,6 +35,17 @@ def run(args: argparse.Namespace) -> int:
                          max_target_tokens=args.max_new_tokens or spec.max_target_length + 1, batch_size=32,
                          device=torch.device("cpu"), max_source_length=512)
     for text, pred in zip(args.texts, preds):
+        if spec.is_regression and not _is_number(pred):  # shown raw and flagged, never an empty column
+            print(f"{pred!r}\t(not a number: the output cannot be read as a score)\t{text}")
+            continue
         name = spec.label_names[int(pred)] if labels and pred.isdigit() and int(pred) < len(spec.label_names) else ""
         print(f"{pred}\t{name}\t{text}" if name else f"{pred}\t{text}")
     return 0
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

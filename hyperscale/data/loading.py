@@ -42,6 +42,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .. import hub
 from .errors import DataError
 from .sample import sample_data_dir
 from .tasks import (
@@ -210,7 +211,17 @@ def _read_hub_split(task: Task, origin: str) -> list:
 
     path, config = task.hub
     args = (path, config) if config else (path,)
-    data = datasets.load_dataset(*args, split=origin)
+    use_network = not hub.offline("HF_DATASETS_OFFLINE") and hub.reachable()
+    try:
+        with hub.cache_only(not use_network):  # unreachable: the cache only, no half minute of retries
+            data = datasets.load_dataset(*args, split=origin)
+    except Exception:  # datasets raises several types for "not cached"
+        if use_network:
+            raise
+        hub.require(f"data.data_dir=hub: {task.name} ({'/'.join(args)})",
+                    "use data.data_dir=sample (the shipped sample) or a local GLUE-layout directory",
+                    "HF_DATASETS_OFFLINE")
+        raise
     columns = data.column_names
     table = data.to_dict()
     n = len(data)

@@ -313,12 +313,14 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
         raise ConfigError(f"{src} is not valid YAML: {e}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{src} must hold a mapping of config sections")
-    for key, value in parse_overrides(list(overrides or [])):
+    parsed = parse_overrides(list(overrides or []))
+    for key, value in parsed:
         _set_path(tree, key, value)
     try:
         cfg = _build(RunConfig, tree, "")
-    except ConfigError as e:
-        raise ConfigError(f"{src}: {e}") from None
+    except ConfigError as e:  # blame the command line when the bad value came from an override
+        origin = "command-line override" if any(str(e).startswith(key + " ") for key, _ in parsed) else str(src)
+        raise ConfigError(f"{origin}: {e}") from None
     validate(cfg)
     return cfg
 

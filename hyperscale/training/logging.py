@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import warnings
 from pathlib import Path
 from typing import Any, Optional
+
+import torch
 
 
 class RunLogger:
@@ -52,3 +57,29 @@ class RunLogger:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
+def quiet_known_noise() -> None:
+    """Silence third-party messages known to be harmless, narrowly (by message and source); everything else
+    still shows. Call before DeepSpeed is imported."""
+    # DeepSpeed announces "Setting accelerator to CPU" on every import when no GPU is visible; naming the
+    # accelerator is the documented way to say that CPU is meant
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # DeepSpeed 0.19's ZeRO-2/3 call torch.distributed's deprecated reduce_scatter_tensor / all_gather_into_tensor:
+    # a FutureWarning on every step (upstream: deepspeed/comm/torch.py)
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` "
+                            r"is deprecated", category=FutureWarning)
+    # WarmupLR's constructor reads its own learning rate before the first step (upstream:
+    # deepspeed/runtime/lr_schedules.py, WarmupLR.__init__ -> get_lr)
+    logging.getLogger("DeepSpeed").addFilter(
+        _DropMessages("Attempting to get learning rate from scheduler before it has started"))

@@ -58,6 +58,7 @@ from .preemption import PreemptionHandler
 from .state import TrainState, seed_everything
 
 log0 = hdist.log0
+EXIT_STOPPED = 3  # stopped by a signal after saving a checkpoint (outside SLURM): resume with --resume auto
 
 
 class Recipe:
@@ -444,6 +445,9 @@ class Recipe:
                 scalars[f"train/loss/{task}"] = float(w["loss_sum"][i] / w["count"][i])
         self.logger.scalars(step, scalars)
         self.logger.flush()
+        if not self.cfg.logging.progress_bar:  # batch jobs: a line per window in the log instead of a bar
+            log0(f"step {step}/{self.cfg.train.max_steps}  loss {scalars['train/loss']:.4f}  lr {w['lr']:.3g}  "
+                 f"{scalars['train/samples_per_s']:.1f} samples/s")
         skipped = int(getattr(self.engine, "skipped_steps", 0))
         if skipped - w["skipped"] >= w["steps"] > 0 and skipped >= self.cfg.train.max_skipped_steps:
             raise TrainingDivergedError(
@@ -484,6 +488,10 @@ class Recipe:
                                  device=self.device, max_source_length=self.cfg.data.max_source_length,
                                  synced_gpus=self.cfg.deepspeed.zero_stage == 3 and self.world > 1)
             per_task[task] = compute_task_metrics(task, preds, rows["target"])
+            if self.rank == 0:  # progress on stderr: one line per task (evaluation can take minutes)
+                metrics = "  ".join(f"{k} {v:.2f}" for k, v in per_task[task].items())
+                print(f"[hyperscale] eval {split} step {self.state.step}: {task} ({n} examples) {metrics}  "
+                      f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr, flush=True)
         if was_training:
             module.train()
         result = {"step": self.state.step, "split": split, "tasks": per_task, "average": average_metrics(per_task),
@@ -536,12 +544,19 @@ class Recipe:
                               "trained on (hash mismatch); load the original backbone")
 
     def _preempted(self) -> None:
+        """Save this step, requeue under SLURM, and exit: 0 under SLURM (the job goes on, requeued or cancelled
+        on purpose), :data:`EXIT_STOPPED` elsewhere, so that ``hyperscale train && next-step`` does not go on with
+        an unfinished run."""
         log0(f"preemption signal: saving at step {self.state.step}")
         self.save()
         self.preempt.requeue()
         self.logger.close()
         hdist.barrier()
-        sys.exit(0)
+        under_slurm = bool(os.environ.get("SLURM_JOB_ID"))
+        if not under_slurm:
+            log0(f"stopped at step {self.state.step} of {self.cfg.train.max_steps} by a signal; continue with "
+                 "--resume auto")
+        sys.exit(0 if under_slurm else EXIT_STOPPED)
 
     # ================================================================== finish
     def finish(self) -> dict:
@@ -554,13 +569,21 @@ class Recipe:
             out = self.output_dir / "results.json"
             if self.engine is not None:  # a finished run's results are already on disk
                 self._write_results(out)
-            print(format_results(self.results), flush=True)
+            print(format_results(self.results, notice=self._results_notice()), flush=True)
             for k, v in summary.items():
                 print(f"{k:>12}: {v}", flush=True)
         hdist.barrier()
         if self.logger is not None:
             self.logger.close()
         return summary
+
+    def _results_notice(self) -> Optional[str]:
+        spec = self.cfg.model.backbone
+        if not spec.startswith("preset:"):
+            return None
+        return (f"note: model.backbone={spec} is a randomly initialised T5 (no pretrained weights), so these "
+                "scores are at chance level: the run checks the pipeline. For real numbers train on a pretrained "
+                "backbone, e.g. `hyperscale train configs/glue-t5-base.yaml` (downloads t5-base and GLUE).")
 
     def _ensure_export(self) -> Path:
         """``RUN/export`` holds the export of the last checkpoint; an export of an earlier step stays where it
@@ -593,10 +616,10 @@ class Recipe:
         out.write_text(json.dumps(self.results, indent=2) + "\n")
 
 
-def format_results(results: dict) -> str:
+def format_results(results: dict, notice: Optional[str] = None) -> str:
     if not results:
         return "(no evaluation results)"
-    lines = []
+    lines = [notice] if notice else []
     for split, res in results.items():
         lines.append(f"\n{split} (step {res['step']}):")
         lines.append(f"  {'task':<10} metrics")
