@@ -176,7 +176,8 @@ def test_resume_on_another_world_size_is_refused_before_the_model_is_built(runs,
 # -------------------------------------------------------------------------------------- preemption
 def test_preemption_at_a_checkpoint_step_saves_once_and_resumes_exactly(runs, tmp_path: Path):
     """Two ranks started as srun starts them; SIGUSR1 reaches both while every step is a checkpoint step. Both exit
-    0 after saving that step once; --resume auto then reproduces the uninterrupted run's losses."""
+    3 (stopped, not finished: outside SLURM nothing requeues it) after saving that step once; --resume auto then
+    reproduces the uninterrupted run's losses."""
     import os
     import signal
     import socket
@@ -207,8 +208,9 @@ def test_preemption_at_a_checkpoint_step_saves_once_and_resumes_exactly(runs, tm
     for f in logs:
         f.close()
     text = "".join((tmp_path / f"rank{r}.log").read_text() for r in range(2))
-    assert codes == [0, 0], text[-4000:]
-    assert "preemption signal: saving at step" in text and "Traceback" not in text
+    assert codes == [3, 3], text[-4000:]
+    assert "preemption signal: saving at step" in text and "continue with --resume auto" in text
+    assert "Traceback" not in text
     stopped = int(json.loads(log_file.read_text().splitlines()[-1])["step"])
     assert 3 <= stopped < 12, f"the signal came too late (step {stopped}): the run had finished"
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{stopped:08d}"
