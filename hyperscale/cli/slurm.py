@@ -244,6 +244,23 @@ def render_script(args: argparse.Namespace, script: Path, log: str, workdir: Pat
     )
 
 
+def _options(args: argparse.Namespace) -> list[str]:
+    """Every option the script was written with, as command-line words (recorded in its header)."""
+    skip = {"func", "command", "config", "overrides", "dry_run", "submit", "force"}
+    words: list[str] = []
+    for name, value in sorted(vars(args).items()):
+        flag = "--" + name.replace("_", "-")
+        if name in skip or value is None or value is False or value == []:
+            continue
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, list):
+            words += [f"{flag}={v}" for v in value]
+        else:
+            words += [flag, str(value)]
+    return words
+
+
 def _same_ignoring_timestamp(a: str, b: str) -> bool:
     strip = re.compile(r"^# Written by `hyperscale slurm` on .*$", re.M)
     return strip.sub("", a) == strip.sub("", b)
@@ -267,9 +284,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     script = script if script.is_absolute() else workdir / script
     log = args.log or str((out_path or script.parent) / "slurm-%j.out")
 
-    command = "hyperscale slurm " + " ".join(shlex.quote(a) for a in (
-        args.config, *args.overrides, "--nodes", str(args.nodes),
-        "--gpus-per-node", str(args.gpus_per_node), "--launcher", args.launcher))
+    command = "hyperscale slurm " + " ".join(shlex.quote(a) for a in (args.config, *args.overrides, *_options(args)))
     text = render_script(args, script, log, workdir, command)
 
     per_node = max(args.gpus_per_node, 1)
