@@ -57,7 +57,7 @@ class DataConfig:
     n_test: Optional[int] = None
     split_seed: int = 42
     stsb_grid: float = 0.2
-    cache_dir: Optional[str] = None  # default: OUTPUT_DIR/../.hyperscale_cache
+    cache_dir: Optional[str] = None  # tokenized data; default $HYPERSCALE_CACHE/tokenized or ~/.cache/hyperscale/tokenized
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", list(self.tasks))  # its own list: the caller's is never shared
@@ -89,6 +89,9 @@ class TrainConfig:
     # a NaN/inf loss stops the run (with RUN/diverged-step-N.json); so do this many optimizer steps in a row
     # that DeepSpeed skipped for overflowing gradients
     max_skipped_steps: int = 10
+    # CPU runs: intra-op threads per rank; 0 = auto (the cores of this machine divided by its ranks, at most
+    # AUTO_CPU_THREADS_MAX: tiny models gain nothing from more, see benchmarks/NOTES.md)
+    cpu_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -352,6 +355,7 @@ def validate(cfg: RunConfig) -> None:
     need(0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1, "train.adam_beta1 and adam_beta2 must be in [0, 1)")
     need(t.adam_eps > 0 and t.weight_decay >= 0, "train.adam_eps must be > 0 and train.weight_decay >= 0")
     need(t.max_skipped_steps >= 1, f"train.max_skipped_steps must be >= 1, got {t.max_skipped_steps}")
+    need(t.cpu_threads >= 0, f"train.cpu_threads must be >= 0 (0: auto), got {t.cpu_threads}")
     need(t.warmup_steps >= 0, "train.warmup_steps must be >= 0")
     need(t.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables clipping)")
     need(t.precision in ("bf16", "fp32", "fp16"), f"train.precision must be bf16, fp32 or fp16, got {t.precision!r}")

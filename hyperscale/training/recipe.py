@@ -58,6 +58,7 @@ from .preemption import PreemptionHandler
 from .state import TrainState, seed_everything
 
 log0 = hdist.log0
+AUTO_CPU_THREADS_MAX = 2  # measured: benchmarks/NOTES.md (CPU threads)
 EXIT_STOPPED = 3  # stopped by a signal after saving a checkpoint (outside SLURM): resume with --resume auto
 
 
@@ -101,6 +102,7 @@ class Recipe:
         cfg = self.cfg
         info = hdist.init(cfg.distributed.timeout_s, cfg.train.device)
         self.rank, self.local_rank, self.world, self.device = info.rank, info.local_rank, info.world_size, info.device
+        self._set_cpu_threads()
         self._lock_output_dir()
         self._check_output_dir()
         saved = self._resume_point()
@@ -145,6 +147,17 @@ class Recipe:
             log0(f"{name} differs from the run's original; this resume's version: {path.name}")
         if not path.exists():
             path.write_text(text)
+
+    def _set_cpu_threads(self) -> None:
+        """On CPU, ``train.cpu_threads`` intra-op threads per rank (auto: this machine's cores shared by its ranks,
+        capped at AUTO_CPU_THREADS_MAX); a thread pool per core and per rank oversubscribes the machine."""
+        if self.device.type != "cpu":
+            return
+        n = self.cfg.train.cpu_threads
+        if n == 0:
+            local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or min(self.world, os.cpu_count() or 1)
+            n = max(1, min(AUTO_CPU_THREADS_MAX, len(os.sched_getaffinity(0)) // max(1, local_ranks)))
+        torch.set_num_threads(n)
 
     def _lock_output_dir(self) -> None:
         """One run per output_dir: rank 0 holds its lock for the whole run; every rank stops if it cannot."""
