@@ -16,6 +16,7 @@ _API = {
     # the model
     "HyperscaleModel": "hyperscale.modeling.model",
     "HyperscaleConfig": "hyperscale.modeling.config",
+    "ArchConfig": "hyperscale.modeling.config",
     "METHODS": "hyperscale.modeling.config",
     "load_backbone": "hyperscale.modeling.io",
     "load_reference_checkpoint": "hyperscale.modeling.reference",
