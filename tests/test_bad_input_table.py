@@ -3,8 +3,6 @@ exit 2 with one ``hyperscale: error:`` line and no traceback; nothing is written
 (The trainer's entry points, launched as processes and as two ranks, are in tests/test_errors.py.)"""
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -142,3 +140,17 @@ def test_cli_subcommands(export_dir: Path, tmp_path: Path, capsys, k: int):
 def test_the_cli_table_is_complete(export_dir: Path, tmp_path: Path):
     assert len(_cli_cases(export_dir, tmp_path)) == N_CLI
 
+
+
+def test_an_unreachable_hub_is_one_line(monkeypatch):
+    """Without HF_HUB_OFFLINE and without network: one reachability check, then the offline alternative."""
+    from hyperscale import hub
+    from hyperscale.modeling.io import load_backbone
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(hub, "reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr("transformers.AutoModelForSeq2SeqLM.from_pretrained",
+                        lambda *a, **kw: (_ for _ in ()).throw(OSError("not in the cache")))
+    with pytest.raises(HyperscaleError, match="cannot be reached from here; use a local copy"):
+        load_backbone("google-t5/t5-small")

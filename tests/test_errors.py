@@ -30,6 +30,9 @@ CASES = [
     ("missing-backbone", [str(TINY), "model.backbone={tmp}/no-model"], "does not exist"),
     ("run-exists", [str(TINY), "output_dir={tmp}/existing"], "already holds a run"),
     ("resume-missing", [str(TINY), "--resume", "{tmp}/no-checkpoint"], "no complete hyperscale checkpoint"),
+    # offline (the tests run with HF_HUB_OFFLINE=1): a hub backbone or hub data is one line, no retries
+    ("hub-backbone", [str(TINY), "model.backbone=google-t5/t5-small"], "use a local copy"),
+    ("hub-data", [str(TINY), "data.data_dir=hub"], "use data.data_dir=sample"),
 ]
 MODES = ["hyperscale-train", "python-m-train", "two-ranks"]
 
@@ -51,6 +54,8 @@ def _free_port() -> int:
 
 def _launch(mode: str, args: list[str], out: Path) -> tuple[list[int], str]:
     env = run_env()
+    if not any(a.startswith("output_dir=") for a in args):  # each launch its own run directory
+        args = [*args, f"output_dir={out / 'run'}"]
     if mode == "hyperscale-train":
         cmds = [[sys.executable, "-m", "hyperscale.cli", "train", *args]]
         envs = [env]
@@ -61,8 +66,6 @@ def _launch(mode: str, args: list[str], out: Path) -> tuple[list[int], str]:
         cmds = [[sys.executable, "-m", "hyperscale.train", *args]] * 2
         envs = [dict(env, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
                 for r in range(2)]
-    if not any(a.startswith("output_dir=") for a in args):
-        args.append(f"output_dir={out / 'run'}")
     procs = [subprocess.Popen(c, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for c, e in zip(cmds, envs)]
     texts = [p.communicate(timeout=240)[0] for p in procs]

@@ -1,10 +1,10 @@
-"""``hyperscale export RUN OUT [--materialize]``: a ZeRO checkpoint of any stage and world size -> standalone
-weights that load without DeepSpeed."""
+"""``hyperscale export RUN OUT [--materialize] [--no-include-backbone]``: a ZeRO checkpoint of any stage and world
+size -> standalone weights that load without DeepSpeed, the run or (unless it is a hub id) the original backbone."""
 from __future__ import annotations
 
 import argparse
 
-from ..training.export import export_checkpoint
+from ..training.export import export_checkpoint, read_export_info
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -14,6 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--materialize", action="store_true",
                    help="also write every task's generated adapters as static weights into OUT/materialized")
     p.add_argument("--backbone", default=None, help="backbone to use instead of the one recorded in the checkpoint")
+    p.add_argument("--include-backbone", action=argparse.BooleanOptionalAction, default=None,
+                   help="copy the backbone into OUT/backbone so that the export stands alone (default: yes for a "
+                        "local directory or a preset, no for a hub id, which is recorded as such)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in OUT")
     p.set_defaults(func=run)
     return p
@@ -21,6 +24,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     out = export_checkpoint(args.checkpoint, args.out, materialize=args.materialize, backbone=args.backbone,
-                            overwrite=args.overwrite)
-    print(f"exported to {out}")
+                            overwrite=args.overwrite, include_backbone=args.include_backbone)
+    info = read_export_info(out) or {}
+    bb = info.get("backbone") or {}
+    if bb.get("included"):
+        where = f"backbone copied into {out / bb['path']}"
+    else:
+        where = f"backbone {bb.get('backbone_id')!r} not included: loading the export needs it"
+    print(f"exported step {info.get('step')} to {out} ({where})")
+    for line in info.get("how_to_load", []):
+        print(f"  {line}")
     return 0

@@ -1,8 +1,10 @@
 """Files and backbones: loading a backbone, fingerprinting its frozen weights, the saved-model format.
 
 A saved model is a directory with ``hyperscale_config.json`` (the ``HyperscaleConfig``) and
-``model.safetensors`` (the trainable weights only). The frozen backbone is not saved; its hash is,
-and ``verify_backbone`` refuses a different backbone at load time.
+``model.safetensors`` (the trainable weights only). The frozen backbone is not saved with it; its hash is,
+and ``verify_backbone`` refuses a different backbone at load time. ``backbone_id`` names the backbone: a hub
+id, an absolute directory, or a directory relative to the saved model (``./backbone``, ``../backbone``: an
+export that carries its own copy of the backbone, see ``hyperscale.training.export``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Iterable, Optional, Union
 import torch
 from torch import nn
 
+from .. import hub
 from ..errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -58,12 +61,17 @@ def load_backbone(backbone: Any, torch_dtype: Optional[torch.dtype] = None) -> t
     if spec.startswith((os.sep, ".", "~")) or spec.count("/") > 1:
         raise ConfigError(f"backbone directory {spec!r} does not exist; give a directory written by save_pretrained, "
                           "a hub id (org/name) or preset:NAME (a random initialisation, no download)")
-    # a hub id: needs network access (or a populated Hugging Face cache)
+    # a hub id: the Hugging Face cache first (no network); then the hub, if it answers within seconds
+    try:
+        return AutoModelForSeq2SeqLM.from_pretrained(spec, dtype=torch_dtype, local_files_only=True), spec
+    except OSError:
+        pass
+    hub.require(f"backbone {spec!r}", "use a local copy (a save_pretrained directory) or preset:NAME (random weights)")
     try:
         return AutoModelForSeq2SeqLM.from_pretrained(spec, dtype=torch_dtype), spec
-    except OSError as e:  # not on the hub, no network, or not in the cache while offline
+    except OSError as e:  # not on the hub (or no access to it)
         raise ConfigError(f"cannot load backbone {spec!r} from the Hugging Face hub ({str(e).splitlines()[0]}); "
-                          "offline, use a local copy (save_pretrained directory) or preset:NAME") from None
+                          "check the id, or use a local copy or preset:NAME") from None
 
 
 # ---------------------------------------------------------------------------------------- backbone hash
@@ -124,9 +132,75 @@ def save_pretrained(directory: PathLike, config: HyperscaleConfig, state_dict: d
     metadata = {"format": "pt", "hyperscale_format": str(FORMAT_VERSION), "method": config.method,
                 "tasks": json.dumps(list(config.tasks)), "sha256": tensors_digest(sd)}
     save_file(sd, str(tmp), metadata=metadata)
+    # safetensors writes through a temporary file created 0600 (then renamed), whatever the umask
+    os.chmod(tmp, file_mode())
     os.replace(tmp, out / WEIGHTS_NAME)
     (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     return out
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (``os.umask`` sets it to read it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open()`` gives a new file (0644 under the usual umask 022)."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """The mode ``mkdir`` gives a new directory (0755 under the usual umask 022)."""
+    return 0o777 & ~_umask()
+
+
+def make_readable(*paths: PathLike) -> None:
+    """Give ``paths`` and everything under them the modes of freshly created files and directories: files
+    written through temporary files (safetensors, ``tempfile``) are 0600, and copies keep their source's mode."""
+    fmode, dmode = file_mode(), dir_mode()
+    for top in map(Path, paths):
+        if top.is_symlink() or not top.exists():
+            continue
+        if top.is_file():
+            os.chmod(top, fmode)
+            continue
+        os.chmod(top, dmode)
+        for root, dirs, files in os.walk(top):
+            for name in dirs:
+                if not os.path.islink(os.path.join(root, name)):
+                    os.chmod(os.path.join(root, name), dmode)
+            for name in files:
+                if not os.path.islink(os.path.join(root, name)):
+                    os.chmod(os.path.join(root, name), fmode)
+
+
+# ---------------------------------------------------------------------------------------- relative backbones
+def is_relative_backbone(backbone_id: Any) -> bool:
+    """Whether a recorded ``backbone_id`` is a directory relative to the saved model (``./x``, ``../x``).
+
+    Hub ids (``org/name``) never start with a dot; ``load_backbone`` treats such a string as a path."""
+    return isinstance(backbone_id, str) and backbone_id.replace(os.sep, "/").startswith(("./", "../"))
+
+
+def resolve_backbone_id(backbone_id: Optional[str], directory: PathLike) -> Optional[str]:
+    """``backbone_id`` as ``load_backbone`` takes it: a relative one resolved against ``directory``."""
+    if is_relative_backbone(backbone_id):
+        return str((Path(directory) / backbone_id).resolve())
+    return backbone_id
+
+
+def relative_backbone_id(backbone_dir: PathLike, directory: PathLike) -> str:
+    """How a saved model in ``directory`` records the backbone directory ``backbone_dir``: ``./x`` or ``../x``."""
+    rel = os.path.relpath(Path(backbone_dir).resolve(), Path(directory).resolve()).replace(os.sep, "/")
+    return rel if rel.startswith("../") else "./" + rel
 
 
 def tensors_digest(sd: dict[str, torch.Tensor]) -> str:
@@ -181,12 +255,21 @@ def read_weights(directory: PathLike, config: Optional[HyperscaleConfig] = None)
 
 
 def saved_backbone(config: HyperscaleConfig, backbone: Any, directory: PathLike) -> Any:
-    """The backbone to load for a saved model: ``backbone`` if given, else the recorded ``backbone_id``."""
+    """The backbone to load for a saved model: ``backbone`` if given, else the recorded ``backbone_id`` (a
+    relative one, an export's own copy, resolved against ``directory``)."""
     if backbone is not None:
         return backbone
     if config.backbone_id is None or config.backbone_id.startswith(("preset:", "<")):
         raise CheckpointError(f"{directory} was trained on backbone {config.backbone_id!r}, which cannot be reloaded "
                          "by name; pass backbone=<the T5 model or its directory>")
+    if is_relative_backbone(config.backbone_id):
+        resolved = resolve_backbone_id(config.backbone_id, directory)
+        if not (Path(resolved) / "config.json").is_file():
+            raise CheckpointNotFoundError(
+                f"{directory} keeps its backbone in {config.backbone_id!r} (relative to it), but {resolved} holds no "
+                "model (no config.json): copy or move the export together with that directory, or pass "
+                "backbone=<the T5 model or its directory> (--backbone)")
+        return resolved
     return config.backbone_id
 
 
@@ -213,4 +296,6 @@ def load_trainable_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], sou
 
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_backbone", "backbone_hash", "frozen_params", "verify_backbone",
-           "save_pretrained", "read_config", "read_weights", "saved_backbone", "load_trainable_state_dict"]
+           "save_pretrained", "read_config", "read_weights", "saved_backbone", "load_trainable_state_dict",
+           "is_relative_backbone", "resolve_backbone_id", "relative_backbone_id", "make_readable", "file_mode",
+           "dir_mode"]

@@ -30,10 +30,12 @@ from .io import (
     WEIGHTS_NAME,
     backbone_hash,
     frozen_params,
+    is_relative_backbone,
     load_backbone,
     load_trainable_state_dict,
     read_config,
     read_weights,
+    relative_backbone_id,
     save_pretrained,
     saved_backbone,
     verify_backbone,
@@ -245,19 +247,32 @@ class HyperscaleModel(nn.Module):
                         state_dict: Optional[dict[str, torch.Tensor]] = None) -> Path:
         """Write the trainable weights (safetensors) and ``hyperscale_config.json``.
 
-        Refuses to overwrite an earlier save unless ``overwrite=True``.
+        A backbone directory inside ``directory`` (an export's own copy, ``directory/backbone``) is recorded
+        relative to it (``./backbone``), so that the saved model can be moved with it; any other backbone is
+        recorded as ``self.config`` names it. Refuses to overwrite an earlier save unless ``overwrite=True``.
         """
         sd = state_dict if state_dict is not None else self.trainable_state_dict()
-        return save_pretrained(directory, self.config, sd, overwrite=overwrite)
+        config, bid = self.config, self.config.backbone_id
+        if bid and os.path.isabs(bid) and os.path.isdir(bid):
+            inner, outer = Path(bid).resolve(), Path(directory).resolve()
+            if inner != outer and outer in inner.parents:
+                config = dataclasses.replace(config, backbone_id=relative_backbone_id(inner, outer))
+        return save_pretrained(directory, config, sd, overwrite=overwrite)
 
     @classmethod
     def from_pretrained(cls, directory: Union[str, os.PathLike], backbone: Any = None,
                         torch_dtype: Optional[torch.dtype] = None, check_hash: bool = True) -> "HyperscaleModel":
-        """Rebuild a saved model on ``backbone`` (default: the recorded one), refusing a backbone whose
-        frozen weights hash differently from the saved hash unless ``check_hash=False``."""
+        """Rebuild a saved model on ``backbone`` (default: the recorded one; a relative one, an export's own
+        copy such as ``./backbone``, is found next to the saved model wherever it was moved), refusing a
+        backbone whose frozen weights hash differently from the saved hash unless ``check_hash=False``.
+
+        The model's config names a relative backbone by its absolute path (what it was loaded from), so that
+        saving the model elsewhere still finds it."""
         d = Path(directory)
         config = read_config(d)
         model_bb, backbone_id = load_backbone(saved_backbone(config, backbone, d), torch_dtype)
+        if backbone is None and is_relative_backbone(config.backbone_id):
+            config = dataclasses.replace(config, backbone_id=backbone_id)
         # the model keeps the saved hash; the loaded backbone's own hash is only compared with it
         model = cls(model_bb, config, compute_hash=False)
         if check_hash and config.uses_adapters and config.backbone_hash is not None:

@@ -1,4 +1,6 @@
-"""ZeRO checkpoint -> standalone weights (``HyperscaleModel.save_pretrained`` format).
+"""ZeRO checkpoint -> standalone weights (``HyperscaleModel.save_pretrained`` format), in an export that stands
+alone: ``OUT/backbone`` holds a copy of the backbone (unless it is a hub id) and ``OUT/export.json`` says what
+the export holds and how to load it.
 
 Uses DeepSpeed's own ``zero_to_fp32`` API for ZeRO 1-3 checkpoints of any number of ranks (the
 fp32 master copies of the trainable parameters); a ZeRO-0 checkpoint holds its module weights in
@@ -8,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -15,15 +20,29 @@ from typing import Any, Optional
 import torch
 import yaml
 
+from .. import __version__
 from ..data.tokenization import default_tokenizer, load_tokenizer
-from ..errors import CheckpointError, CheckpointNotFoundError, RunExistsError
+from ..errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    ConfigError,
+    RunExistsError,
+)
+from ..modeling.io import (
+    file_mode,
+    make_readable,
+    relative_backbone_id,
+    resolve_backbone_id,
+)
 from ..modeling.model import (
     CONFIG_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
     HyperscaleConfig,
     HyperscaleModel,
     load_backbone,
 )
-from .checkpoint import COMPLETE, resolve_checkpoint, safe_load
+from .checkpoint import COMPLETE, read_trainer_state, resolve_checkpoint, safe_load
 
 
 def _bf16_optimizer_state_dict(ckpt_dir: Path, files: list[Path]) -> dict[str, torch.Tensor]:
@@ -62,44 +81,204 @@ def consolidated_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
         sd = states["module"]
     else:
         # DeepSpeed only here: exports and inference run without it
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        from deepspeed.utils.zero_to_fp32 import (
+            get_fp32_state_dict_from_zero_checkpoint,
+        )
 
         sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name,
                                                       exclude_frozen_parameters=True)
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
+EXPORT_INFO = "export.json"
+BACKBONE_DIR = "backbone"
+MATERIALIZED_DIR = "materialized"
+TOKENIZER_DIR = "tokenizer"
+# what an export writes into OUT (and replaces with --overwrite); nothing else there is touched
+EXPORT_ENTRIES = (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR, BACKBONE_DIR, MATERIALIZED_DIR, EXPORT_INFO)
+_STAGE = ".backbone.partial"  # the backbone copy while it is written (renamed to backbone/ when complete)
+# files of a backbone directory that loading it with transformers (PyTorch) never reads
+_OTHER_FRAMEWORKS = ("tf_model", "flax_model", "rust_model", "model.onnx", "openvino_model", "coreml")
+_OTHER_SUFFIXES = (".h5", ".msgpack", ".ot", ".onnx", ".onnx_data", ".tflite", ".mlmodel", ".gguf")
+
+
+def _backbone_kind(spec: str) -> str:
+    """``preset``, ``dir`` (a local directory) or ``hub`` (anything else ``load_backbone`` accepts: a hub id)."""
+    if spec.startswith("preset:"):
+        return "preset"
+    return "dir" if os.path.isdir(spec) else "hub"
+
+
+def _copy_backbone_dir(src: Path, dst: Path) -> list[str]:
+    """Copy the files transformers loads a backbone directory from (config, weights, generation config,
+    tokenizer files); other frameworks' weights, subdirectories and hidden files are left out."""
+    names = sorted(p.name for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
+    if "config.json" not in names:
+        raise CheckpointError(f"backbone directory {src} has no config.json; give a directory written by "
+                              "save_pretrained (--backbone)")
+    has_safetensors = any(n.endswith(".safetensors") for n in names)
+    keep = [n for n in names
+            if not n.startswith(_OTHER_FRAMEWORKS) and not n.endswith(_OTHER_SUFFIXES)
+            and not (has_safetensors and n.startswith("pytorch_model") and (n.endswith(".bin") or ".bin." in n))]
+    dst.mkdir(parents=True)
+    for n in keep:
+        try:  # a hard link on the same file system: an 11B backbone is not stored twice
+            os.link((src / n).resolve(), dst / n)
+        except OSError:  # another file system: a copy (following symlinks: hub cache snapshots link to blobs)
+            shutil.copyfile(src / n, dst / n)
+    return keep
+
+
+def _checkpoint_step(ckpt_dir: Path) -> Optional[int]:
+    state = read_trainer_state(ckpt_dir)
+    if state is not None:
+        return int(state.step)
+    m = re.fullmatch(r"step-(\d+)", ckpt_dir.name)
+    return int(m.group(1)) if m else None
+
+
+def _files(out: Path) -> dict[str, int]:
+    """Every file of the export (``export.json`` aside) and its size in bytes, by path relative to ``out``."""
+    files = {}
+    for name in EXPORT_ENTRIES:
+        top = out / name
+        if name == EXPORT_INFO or not top.exists():
+            continue
+        for p in ([top] if top.is_file() else sorted(q for q in top.rglob("*") if q.is_file())):
+            files[p.relative_to(out).as_posix()] = p.stat().st_size
+    return dict(sorted(files.items()))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def export_checkpoint(checkpoint: Path | str, out: Path | str, materialize: bool = False,
-                      backbone: Optional[str] = None, overwrite: bool = False) -> Path:
+                      backbone: Optional[str] = None, overwrite: bool = False,
+                      include_backbone: Optional[bool] = None) -> Path:
+    """Write the checkpoint's weights into ``out`` as a standalone export (see ``load_export``).
+
+    ``include_backbone``: copy the backbone into ``out/backbone`` (Hugging Face layout) and record it relative
+    to the export (``./backbone``), so that the export loads with nothing else: moved, copied to another
+    machine, after the run is deleted. Default (None): include a local directory or a preset (which the trainer
+    saves into the run), not a hub id, which stays recorded as the hub id. ``materialize`` also writes
+    ``out/materialized`` (static adapters), which shares the copy (``../backbone``). ``out/export.json`` says
+    what the export holds (and the checkpoint's step); it is written last. An existing export in ``out`` is
+    never replaced unless ``overwrite``.
+    """
     ckpt_dir = resolve_checkpoint(str(checkpoint), Path(checkpoint))
     if ckpt_dir is None or not (ckpt_dir / COMPLETE).is_file():
         raise CheckpointNotFoundError(f"no complete checkpoint at {checkpoint}")
     out = Path(out)
-    if not overwrite and (out / CONFIG_NAME).exists():
+    # an export is complete once its config is written (export.json follows it); other entries without them
+    # are what an export stopped half-way left, and are replaced
+    if not overwrite and any((out / n).exists() for n in (CONFIG_NAME, EXPORT_INFO)):
         raise RunExistsError(f"{out} already holds an export; choose another directory or pass --overwrite")
     config = HyperscaleConfig.from_dict(json.loads((ckpt_dir / CONFIG_NAME).read_text()))
+    if materialize and config.method not in ("hyperformer++", "hyperformer"):
+        raise ConfigError(f"--materialize applies to hypernetwork methods, not {config.method!r}")
+    spec = backbone or resolve_backbone_id(config.backbone_id, ckpt_dir)
+    if not spec or str(spec).startswith("<"):
+        raise CheckpointError(f"{ckpt_dir} records no backbone that can be loaded ({config.backbone_id!r}); pass "
+                              "--backbone <the T5 model's directory or hub id>")
+    spec = str(spec)
     saved_hash = config.backbone_hash
-    model_bb, _ = load_backbone(backbone or config.backbone_id)
+    model_bb, loaded_id = load_backbone(spec)
     # built without the recorded hash, the model hashes this backbone itself (config stays as read)
     model = HyperscaleModel(model_bb, dataclasses.replace(config, backbone_hash=None))
     if saved_hash and model.config.backbone_hash != saved_hash:
-        raise CheckpointError(f"backbone {backbone or config.backbone_id!r} differs from the one {ckpt_dir} was trained on "
+        raise CheckpointError(f"backbone {spec!r} differs from the one {ckpt_dir} was trained on "
                          "(weight hash mismatch); pass --backbone with the original")
     sd = consolidated_state_dict(ckpt_dir)
     bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{ckpt_dir} holds non-finite weights ({', '.join(bad[:3])}{'...' if len(bad) > 3 else ''}):"
                               " the run diverged before this checkpoint; export an earlier one")
+    kind = _backbone_kind(spec)
+    include = (kind in ("preset", "dir")) if include_backbone is None else bool(include_backbone)
+    step = _checkpoint_step(ckpt_dir)
+
+    # everything is checked: from here on the export is written (export.json last)
+    out.mkdir(parents=True, exist_ok=True)
+    bb_target = out / BACKBONE_DIR
+    source_in_place = kind == "dir" and _same(Path(spec), bb_target)  # e.g. exporting a model into its own folder
+    # what an earlier export left here must not pass for part of this one (its config and export.json first:
+    # stopped half-way, this export is then incomplete, not a mix of two)
+    for name in (EXPORT_INFO, CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR, MATERIALIZED_DIR, _STAGE) + (
+            () if source_in_place else (BACKBONE_DIR,)):
+        _remove(out / name)
+    if include and not source_in_place:
+        stage = out / _STAGE
+        if kind == "dir":
+            _copy_backbone_dir(Path(spec), stage)
+        else:  # a preset or a hub model: as loaded (and hash-checked), before the trained weights go in
+            model.backbone.save_pretrained(str(stage))
+        os.replace(stage, bb_target)
+    recorded = "./" + BACKBONE_DIR if include else loaded_id
     model.load_trainable_state_dict(sd, source=str(ckpt_dir))
-    model.save_pretrained(out, overwrite=overwrite)
-    if (ckpt_dir / "tokenizer").is_dir():
-        shutil.copytree(ckpt_dir / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+    model.config = dataclasses.replace(model.config, backbone_id=recorded)
+    if (ckpt_dir / TOKENIZER_DIR).is_dir():
+        shutil.copytree(ckpt_dir / TOKENIZER_DIR, out / TOKENIZER_DIR, dirs_exist_ok=True)
+    model.save_pretrained(out)
     if materialize:
         mat = model.materialize()
-        mat.save_pretrained(out / "materialized", overwrite=overwrite)
-        if (out / "tokenizer").is_dir():
-            shutil.copytree(out / "tokenizer", out / "materialized" / "tokenizer", dirs_exist_ok=True)
+        mat_dir = out / MATERIALIZED_DIR
+        if include:  # one copy of the backbone, shared
+            mat.config = dataclasses.replace(mat.config, backbone_id=relative_backbone_id(bb_target, mat_dir))
+        mat.save_pretrained(mat_dir)
+        if (out / TOKENIZER_DIR).is_dir():
+            shutil.copytree(out / TOKENIZER_DIR, mat_dir / TOKENIZER_DIR, dirs_exist_ok=True)
+    make_readable(*(out / n for n in EXPORT_ENTRIES))
+
+    shown = str(out.resolve())
+    info = {
+        "format": "hyperscale-export",
+        "hyperscale_version": __version__,
+        "format_version": FORMAT_VERSION,
+        "method": config.method,
+        "tasks": list(config.tasks),
+        "source": {"checkpoint": str(ckpt_dir.resolve()), "step": step},
+        "step": step,
+        "backbone": {
+            "included": include,
+            "path": BACKBONE_DIR if include else None,
+            "backbone_id": recorded,
+            "hub_id": loaded_id if kind == "hub" and not include else None,
+            "origin": loaded_id,
+            "hash": model.config.backbone_hash,
+        },
+        "materialized": MATERIALIZED_DIR if materialize else None,
+        "tokenizer": TOKENIZER_DIR if (out / TOKENIZER_DIR).is_dir() else None,
+        "files": _files(out),
+        "how_to_load": [
+            f"hyperscale predict {shlex.quote(shown)} --task {config.tasks[0]} 'INPUT TEXT'",
+            f"from hyperscale import HyperscaleModel; model = HyperscaleModel.from_pretrained({shown!r})",
+        ],
+    }
+    tmp = out / (EXPORT_INFO + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.chmod(tmp, file_mode())
+    os.replace(tmp, out / EXPORT_INFO)
     return out
+
+
+def read_export_info(path: str | Path) -> Optional[dict]:
+    """``export.json`` of an export (None when it has none: written before it existed, or by save_pretrained)."""
+    try:
+        info = json.loads((Path(path) / EXPORT_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def load_export(path: str | Path, backbone: Optional[str] = None) -> tuple[HyperscaleModel, Any]:

@@ -605,7 +605,6 @@ class Recipe:
             config = export_dir / "hyperscale_config.json"
             if not config.exists():
                 export_checkpoint(self.ckpt_root / self.last_tag, export_dir)
-                (export_dir / "export_info.json").write_text(json.dumps({"step": self.state.step}) + "\n")
                 return export_dir
             if self._export_step(export_dir) == self.state.step:
                 return export_dir
@@ -613,7 +612,7 @@ class Recipe:
 
     def _export_step(self, export_dir: Path) -> Optional[int]:
         try:
-            return int(json.loads((export_dir / "export_info.json").read_text())["step"])
+            return int(json.loads((export_dir / "export.json").read_text())["step"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
 

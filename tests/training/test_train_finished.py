@@ -48,7 +48,7 @@ def test_a_finished_run_without_its_export_gets_it_back(finished: Path, tmp_path
     proc = launch(["-m", "hyperscale.train"], _args(finished), 1, log, timeout=180)
     assert proc.returncode == 0, log_tail(log)
     assert (finished / "export" / "model.safetensors").is_file()
-    assert json.loads((finished / "export" / "export_info.json").read_text())["step"] == 12
+    assert json.loads((finished / "export" / "export.json").read_text())["step"] == 12
 
 
 def test_a_larger_max_steps_extends_the_run_with_a_continuous_lr(finished: Path, tmp_path: Path):
@@ -70,4 +70,4 @@ def test_a_larger_max_steps_extends_the_run_with_a_continuous_lr(finished: Path,
     # the earlier results stay under their step; the extension's export goes next to the first one
     assert json.loads((finished / "results.json").read_text())["test"]["step"] == 16
     assert (finished / "results.step-12.json").is_file()
-    assert json.loads((finished / "export-step-00000016" / "export_info.json").read_text())["step"] == 16
+    assert json.loads((finished / "export-step-00000016" / "export.json").read_text())["step"] == 16
