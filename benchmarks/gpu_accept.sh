@@ -85,6 +85,7 @@ mkdir -p "$OUT"
 rm -rf "$OUT/runs" "$OUT/export-z2" "$OUT/bench" "$OUT"/*.log "$OUT/results.txt" "$OUT/environment.txt"
 LOG="$OUT/accept.log"
 log() { echo "[gpu_accept $(date +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
+. "$REPO/benchmarks/install_wheels.sh"  # install_wheels, print_environment
 
 export PYTHONPATH="$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -213,20 +214,7 @@ EOF
 # ------------------------------------------------------------------------------------------ 1. install
 log "repo $REPO, out $OUT, python $PY, backbone $BACKBONE, device $DEVICE, stages $STAGES, dry-run $DRY"
 check_install() {  # deepspeed imports now (the versions and the GPU go to $OUT/environment.txt)
-  "$PY" - > "$OUT/environment.txt" 2>&1 <<'EOF'
-import importlib, platform, sys
-print("python", platform.python_version(), sys.executable)
-for name in ("torch", "transformers", "deepspeed", "peft", "pydantic", "sentencepiece", "datasets"):
-    try:
-        m = importlib.import_module(name)
-        print(name, getattr(m, "__version__", "?"), getattr(m, "__file__", ""))
-    except Exception as e:
-        print(name, "MISSING", type(e).__name__, e)
-import torch
-print("cuda available", torch.cuda.is_available(), torch.version.cuda)
-if torch.cuda.is_available():
-    print("gpu", torch.cuda.get_device_name(0), torch.cuda.get_device_properties(0).total_memory // 2**20, "MiB")
-EOF
+  print_environment > "$OUT/environment.txt" 2>&1
   grep -E '^(python|torch|transformers|deepspeed|cuda|gpu) ' "$OUT/environment.txt" | tee -a "$LOG" >&2
   grep -q '^deepspeed [0-9]' "$OUT/environment.txt" \
     || echo "deepspeed does not import after the install: $(grep '^deepspeed' "$OUT/environment.txt" | cut -c1-200)"

@@ -85,20 +85,7 @@ log "repo $REPO, out $OUT, python $PY, device $DEVICE, dry-run $DRY"
 install_wheels || log "WARNING: wheel install failed; DeepSpeed rows will report errors"
 
 {
-  "$PY" - <<'EOF'
-import importlib, platform, sys
-print("python", platform.python_version(), sys.executable)
-for name in ("torch", "transformers", "deepspeed", "peft", "accelerate", "pydantic", "sentencepiece", "datasets"):
-    try:
-        m = importlib.import_module(name)
-        print(name, getattr(m, "__version__", "?"), getattr(m, "__file__", ""))
-    except Exception as e:
-        print(name, "MISSING", type(e).__name__, e)
-import torch
-print("cuda available", torch.cuda.is_available(), torch.version.cuda)
-if torch.cuda.is_available():
-    print("gpu", torch.cuda.get_device_name(0), torch.cuda.get_device_properties(0).total_memory // 2**20, "MiB")
-EOF
+  print_environment
   command -v nvidia-smi >/dev/null && nvidia-smi
 } > "$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt" | tee -a "$LOG" >&2

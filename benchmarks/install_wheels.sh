@@ -34,3 +34,20 @@ install_wheels() {
     for w in "${wheels[@]}"; do "$PY" -m zipfile -e "$w" "$SITE" || return 1; done
   fi
 }
+
+print_environment() {  # python and package versions, the GPU (uses $PY, set by the sourcing script)
+  "$PY" - <<'EOF'
+import importlib, platform, sys
+print("python", platform.python_version(), sys.executable)
+for name in ("torch", "transformers", "deepspeed", "peft", "accelerate", "pydantic", "sentencepiece", "datasets"):
+    try:
+        m = importlib.import_module(name)
+        print(name, getattr(m, "__version__", "?"), getattr(m, "__file__", ""))
+    except Exception as e:
+        print(name, "MISSING", type(e).__name__, e)
+import torch
+print("cuda available", torch.cuda.is_available(), torch.version.cuda)
+if torch.cuda.is_available():
+    print("gpu", torch.cuda.get_device_name(0), torch.cuda.get_device_properties(0).total_memory // 2**20, "MiB")
+EOF
+}
