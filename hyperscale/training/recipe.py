@@ -107,13 +107,13 @@ class Recipe:
         self._check_output_dir()
         saved = self._resume_point()
         if saved is not None:
-            self._check_topology(saved)
             self.last_tag = self.resume_from.name
             self.finished = saved.step >= cfg.train.max_steps
             if self.finished and (self.output_dir / "results.json").is_file():
                 self.state = saved  # nothing to build: finish() reports the finished run
                 self.results = json.loads((self.output_dir / "results.json").read_text())
                 return
+            self._check_topology(saved)
         seed_everything(cfg.train.seed + self.rank)
         self._setup_data()
         self.ds_config = build_ds_config(cfg, self.world)
