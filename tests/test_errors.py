@@ -21,7 +21,7 @@ pytestmark = pytest.mark.distributed
 # (id, arguments after the command, text the one error line must contain); {tmp} is a scratch directory
 CASES = [
     ("unknown-key", [str(TINY), "train.max_stepz=5"], "did you mean 'max_steps'"),
-    ("bad-integer", [str(TINY), "train.max_steps=abc"], "train.max_steps must be an integer"),
+    ("bad-integer", [str(TINY), "train.max_steps=abc"], "command-line override: train.max_steps must be an integer"),
     ("bad-choice", [str(TINY), "train.precision=fp8"], "train.precision must be bf16, fp32 or fp16"),
     ("missing-config", ["{tmp}/nope.yaml"], "nope.yaml"),
     ("broken-yaml", ["{tmp}/broken.yaml"], "broken.yaml"),

@@ -419,6 +419,11 @@ def test_slurm_dry_run_prints_rank_table_and_script(config, tmp_path):
     assert f"--output={tmp_path}/runs/demo/slurm-%j.out" in text
     assert f"slurm/train.sbatch {config} train.max_steps=5" in text
     assert not (tmp_path / "runs").exists(), "--dry-run must not write anything"
+    # the header records every option the script was written with
+    header = next(line for line in text.splitlines() if line.startswith("#   hyperscale slurm "))
+    for option in ("--nodes 2", "--gpus-per-node 4", "--partition gpu", "--time 12:00:00", "--account proj1",
+                   "--cpus-per-task 8", "--pg-timeout 900", "train.max_steps=5"):
+        assert option in header, (option, header)
 
 
 def test_slurm_torchrun_layout_and_cpu(config):

@@ -33,6 +33,10 @@ def test_bf16_training_runs_and_loss_falls(runs, stage: int):
     # a final evaluation, checkpoint and export happened
     assert (run.dir / "results.json").is_file() and (run.dir / "export" / "hyperscale_config.json").is_file()
     assert (run.ckpt_root / "latest").read_text().strip() == "step-00000012"
+    # known-harmless third-party noise is filtered at its source (training/logging.quiet_known_noise)
+    text = run.log.read_text()
+    for noise in ("is deprecated", "Setting accelerator to CPU", "Attempting to get learning rate"):
+        assert noise not in text, noise
 
 
 def test_bf16_and_fp32_track_each_other(runs):
