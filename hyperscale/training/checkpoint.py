@@ -24,6 +24,7 @@ stores other classes.
 """
 from __future__ import annotations
 
+import argparse
 import fcntl
 import hashlib
 import importlib
@@ -281,10 +282,40 @@ def _prune(ckpt_root: Path, keep_last: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- load
-def load(engine: Any, ckpt_dir: Path) -> TrainState:
-    """Load engine state from a checkpoint tag directory and return its TrainState (RNG restored)."""
+UNIVERSAL_DIR = "universal"
+
+
+def universal_dir(ckpt_dir: Path) -> Path:
+    """Where :func:`to_universal` writes the universal form of ``RUN/checkpoints/step-N``: ``RUN/universal/step-N``."""
+    return ckpt_dir.parent.parent / UNIVERSAL_DIR / ckpt_dir.name
+
+
+def to_universal(ckpt_dir: Path) -> Path:
+    """DeepSpeed's universal checkpoint of ``ckpt_dir`` (rank 0 converts once; every rank waits): the optimizer
+    state per parameter instead of per rank, readable on any number of ranks. hyperscale's engines do not record
+    DeepSpeed's ``universal_checkpoint_info``, hence ``inject_missing_state``."""
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal  # DeepSpeed only for resumes
+
+    out = universal_dir(ckpt_dir)
+    if hdist.rank() == 0 and not (out / "zero" / "optimizer_state.pt").is_file():
+        hdist.log0(f"converting {ckpt_dir} to DeepSpeed's universal format in {out}")
+        shutil.rmtree(out, ignore_errors=True)  # an interrupted conversion
+        ds_to_universal(argparse.Namespace(input_folder=str(ckpt_dir), output_folder=str(out),
+                                           num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                                           strict=True, inject_missing_state=True))
+    hdist.barrier()
+    scan_pickles(out)
+    return out
+
+
+def load(engine: Any, ckpt_dir: Path, universal: bool = False) -> TrainState:
+    """Load engine state from a checkpoint tag directory and return its TrainState (RNG restored). ``universal``:
+    through DeepSpeed's universal format (another number of ranks; the engine was built with
+    ``checkpoint.load_universal``); the trainable weights and Adam state come from there, the frozen backbone
+    from the model as built."""
     check_usable(ckpt_dir)
-    path, client = engine.load_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name, load_module_strict=False,
+    src = to_universal(ckpt_dir) if universal else ckpt_dir
+    path, client = engine.load_checkpoint(str(src.parent), tag=src.name, load_module_strict=False,
                                           load_optimizer_states=True, load_lr_scheduler_states=True)
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load the checkpoint {ckpt_dir}")

@@ -75,6 +75,7 @@ class Recipe:
         self.device = torch.device("cpu")
         # what setup builds
         self.resume_from: Optional[Path] = None  # the checkpoint this run continues from
+        self.universal_resume = False  # resume_from was written by another number of ranks (ZeRO 1-3)
         self.finished = False  # the checkpoint is already at train.max_steps: nothing to train
         self.tokenizer: Any = None
         self.data: dict = {}
@@ -117,6 +118,8 @@ class Recipe:
         seed_everything(cfg.train.seed + self.rank)
         self._setup_data()
         self.ds_config = build_ds_config(cfg, self.world)
+        if self.universal_resume:
+            self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         self._setup_model()
         self.engine = eng.build_engine(self.model, self.ds_config, self.device, sharded=cfg.deepspeed.build_sharded)
         if self.resume_from is not None:
@@ -193,18 +196,21 @@ class Recipe:
         return saved
 
     def _check_topology(self, saved: TrainState) -> None:
-        """ZeRO 1-3 partition the optimizer state over the ranks that wrote it; DeepSpeed cannot read it back on
-        another number of ranks or under another stage (a ZeRO-0 checkpoint holds it whole: it can)."""
+        """ZeRO 1-3 partition the optimizer state over the ranks that wrote it. On another number of ranks the
+        checkpoint is read through DeepSpeed's universal format (converted once, into RUN/universal/); a ZeRO-0
+        checkpoint holds the state whole and loads anywhere. Another ZeRO stage is refused (not verified)."""
         stage, world = self.cfg.deepspeed.zero_stage, self.world
         if saved.world_size is None or (saved.world_size, saved.zero_stage) == (world, stage):
             return
-        if saved.zero_stage == 0 and stage == 0:
-            return
-        raise ConfigError(
-            f"cannot resume from {self.resume_from}: it was written by {saved.world_size} rank(s) under ZeRO-"
-            f"{saved.zero_stage}, this run has {world} rank(s) under ZeRO-{stage}. Resume with the same number of "
-            f"ranks and deepspeed.zero_stage={saved.zero_stage}; to change them, `hyperscale export` the run and start "
-            "a new one (the weights are kept, the optimizer state is not)")
+        if saved.zero_stage != stage:
+            raise ConfigError(
+                f"cannot resume from {self.resume_from}: it was written under ZeRO-{saved.zero_stage}, this run uses "
+                f"ZeRO-{stage}. Resume with deepspeed.zero_stage={saved.zero_stage} (any number of ranks); to change "
+                "the stage, `hyperscale export` the run and start a new one (the optimizer state is not kept)")
+        if stage > 0:
+            self.universal_resume = True
+            log0(f"{self.resume_from} was written by {saved.world_size} rank(s), this run has {world}: resuming "
+                 "through DeepSpeed's universal checkpoint format")
 
     def _check_free_space(self) -> None:
         """Refuse to start when output_dir cannot hold two checkpoints (trainable weights, fp32 masters and two
@@ -542,7 +548,7 @@ class Recipe:
         saved = ckpt.read_trainer_state(ckpt_dir)
         if saved is not None:  # check before DeepSpeed loads (it fails on mismatched shapes, unclearly)
             self._check_backbone(ckpt_dir, saved.backbone_hash)
-        state = ckpt.load(self.engine, ckpt_dir)
+        state = ckpt.load(self.engine, ckpt_dir, universal=self.universal_resume)
         if saved is None:  # an old checkpoint without trainer_state.json: check what DeepSpeed's client state says
             self._check_fingerprint(ckpt_dir, state.config_fingerprint)
             self._check_backbone(ckpt_dir, state.backbone_hash)

@@ -160,16 +160,39 @@ def test_a_damaged_export_is_refused(runs, tmp_path: Path, capsys):
 
 
 # -------------------------------------------------------------------------------------- another topology
-def test_resume_on_another_world_size_is_refused_before_the_model_is_built(runs, tmp_path: Path):
-    run = tmp_path / "two-ranks"
-    shutil.copytree(runs("fp32-z2").dir, run)
+@pytest.mark.parametrize("stage", [2, 3])
+def test_resume_on_another_world_size_goes_through_a_universal_checkpoint(runs, tmp_path: Path, stage: int):
+    """A 2-rank ZeRO-2/3 run cut at step 4 and resumed on one rank: DeepSpeed's universal format carries the
+    optimizer state over, and the losses are the uninterrupted 2-rank run's (to the cross-world-size tolerance)."""
+    from training_helpers import RESUME_STEP, cut_run
+
+    reference = runs(f"fp32-z{stage}")
+    run = tmp_path / "one-rank"
+    cut_run(reference.dir, run, RESUME_STEP)
     log = tmp_path / "one-rank.log"
-    proc = launch(["-m", "hyperscale.train"], [str(TINY), f"output_dir={run}", "train.max_steps=14", "--resume",
-                                               "auto"], 1, log, timeout=180)
+    proc = launch(["-m", "hyperscale.train"], [str(TINY), f"output_dir={run}", f"deepspeed.zero_stage={stage}",
+                                               "--resume", "auto"], 1, log, timeout=240)
     text = log.read_text()
-    assert proc.returncode == 2, text[-3000:]
+    assert proc.returncode == 0, log_tail(log)
+    assert "resuming through DeepSpeed's universal checkpoint format" in text and f"at step {RESUME_STEP}" in text
+    assert (run / "universal" / f"step-{RESUME_STEP:08d}" / "zero").is_dir()
+    resumed = {e["step"]: e["loss"] for e in map(json.loads, (run / "train_log.jsonl").read_text().splitlines())}
+    expected = reference.losses()
+    assert resumed.keys() == expected.keys()
+    for step in expected:
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-5), step
+
+
+def test_resume_under_another_zero_stage_is_refused_before_the_model_is_built(runs, tmp_path: Path):
+    run = tmp_path / "other-stage"
+    shutil.copytree(runs("fp32-z2").dir, run)
+    log = tmp_path / "stage1.log"
+    proc = launch(["-m", "hyperscale.train"], [str(TINY), f"output_dir={run}", "deepspeed.zero_stage=1",
+                                               "train.max_steps=14", "--resume", "auto"], 2, log, timeout=180)
+    text = log.read_text()
+    assert proc.returncode != 0, text[-3000:]
     [line] = _error_lines(text)
-    assert "written by 2 rank(s) under ZeRO-2, this run has 1 rank(s)" in line and "hyperscale export" in line
+    assert "written under ZeRO-2, this run uses ZeRO-1" in line and "deepspeed.zero_stage=2" in line
     assert "model:" not in text  # refused before data, model and engine were built
 
 
