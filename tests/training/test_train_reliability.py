@@ -54,7 +54,9 @@ def test_a_diverging_run_stops_with_its_step_and_saves_nothing(tmp_path: Path):
 
 def test_every_step_skipped_by_deepspeed_is_divergence():
     r = Recipe.__new__(Recipe)
-    r.tasks, r.cfg = ["rte"], type("C", (), {"train": type("T", (), {"lr": 1e6, "max_skipped_steps": 10})})()
+    r.tasks = ["rte"]
+    r.cfg = type("C", (), {"train": type("T", (), {"lr": 1e6, "max_skipped_steps": 10, "max_steps": 20}),
+                           "logging": type("G", (), {"progress_bar": False})})()
     r.state = type("S", (), {"step": 20})()
     r.logger = type("L", (), {"scalars": lambda *a: None, "flush": lambda *a: None})()
     r.own_grad_norm = None
