@@ -152,15 +152,19 @@ class Recipe:
             path.write_text(text)
 
     def _set_cpu_threads(self) -> None:
-        """On CPU, ``train.cpu_threads`` intra-op threads per rank (auto: this machine's cores shared by its ranks,
-        capped at AUTO_CPU_THREADS_MAX); a thread pool per core and per rank oversubscribes the machine."""
+        """On CPU, ``train.cpu_threads`` intra-op threads per rank; auto: the cores other work leaves idle (by the
+        1-minute load average), shared by this machine's ranks, at most AUTO_CPU_THREADS_MAX. Thread pools that
+        outnumber the idle cores are ten times slower (benchmarks/NOTES.md, CPU threads)."""
         if self.device.type != "cpu":
             return
         n = self.cfg.train.cpu_threads
         if n == 0:
-            local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or min(self.world, os.cpu_count() or 1)
-            n = max(1, min(AUTO_CPU_THREADS_MAX, len(os.sched_getaffinity(0)) // max(1, local_ranks)))
+            cores = len(os.sched_getaffinity(0))
+            idle = max(1, cores - int(os.getloadavg()[0] + 0.5))
+            local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or min(self.world, cores)
+            n = max(1, min(AUTO_CPU_THREADS_MAX, idle // max(1, local_ranks)))
         torch.set_num_threads(n)
+        log0(f"CPU: {n} thread(s) per rank (train.cpu_threads={self.cfg.train.cpu_threads or 'auto'})")
 
     def _lock_output_dir(self) -> None:
         """One run per output_dir: rank 0 holds its lock for the whole run; every rank stops if it cannot."""
