@@ -17,9 +17,13 @@ Step statistics (per-task loss sums, example and token counts) stay on the train
 all-reduced and copied to the host once per logging window (and before an eval, a save or a stop), not
 per micro-batch.
 
-Raises ``ConfigError`` (bad or incompatible configuration, a resume that does not match the run),
-``FileExistsError`` (``output_dir`` already holds a run and no ``--resume``) and ``FileNotFoundError``
-(nothing to resume at an explicit path).
+A resume on another number of ranks goes through DeepSpeed's universal checkpoint format; one run at a time
+holds ``output_dir`` (a lock); a NaN/inf loss or a streak of skipped steps stops the run with a diagnostic.
+
+Raises (all :class:`hyperscale.errors.HyperscaleError`): ``ConfigError`` (bad or incompatible configuration, a
+resume under another ZeRO stage, too little disk), ``RunExistsError`` (``output_dir`` holds a run and no
+``--resume``, or another run holds its lock), ``CheckpointNotFoundError`` / ``CheckpointError`` (nothing to
+resume at an explicit path, a damaged or unsafe checkpoint) and ``TrainingDivergedError``.
 """
 from __future__ import annotations
 
