@@ -111,12 +111,14 @@ def comm_device() -> torch.device:
 
 
 def _to_comm(t: torch.Tensor) -> torch.Tensor:
-    """``t`` on the communication device (a copy when it lives elsewhere; always a copy when simulating)."""
-    dev = comm_device()
-    out = t.detach().clone() if _simulating else t.detach().to(dev)
+    """``t`` on the communication device: ``t`` itself when it lives there, else a copy (always a copy when
+    simulating)."""
     if _simulating:
+        out = t.detach().clone()
         out._hyperscale_comm = True  # placed by this module: the simulated NCCL group accepts it
-    return out
+        return out
+    dev = comm_device()
+    return t if t.device == dev else t.detach().to(dev)  # already there: reduced in place, no copy
 
 
 def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
