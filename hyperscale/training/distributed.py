@@ -83,10 +83,6 @@ def world_size() -> int:
     return dist.get_world_size() if is_initialized() else 1
 
 
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def is_main() -> bool:
     return rank() == 0
 
@@ -188,8 +184,3 @@ def _tensors(args: tuple, kwargs: dict) -> list:
         elif isinstance(a, (list, tuple)):
             found.extend(x for x in a if isinstance(x, torch.Tensor))
     return found
-
-
-def is_simulating() -> bool:
-    return _simulating
-

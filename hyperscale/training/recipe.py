@@ -437,15 +437,19 @@ class Recipe:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         self.pending, self.pending_lr = [], []
 
+    def _grad_norm(self) -> Optional[float]:
+        """The last step's gradient norm: DeepSpeed's where its optimizer records one, else the trainer's own."""
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is None:
+            grad_norm = self.own_grad_norm
+        return None if grad_norm is None else float(grad_norm)
+
     def _write_diagnostic(self, step: int, stats: torch.Tensor, lr: float) -> Path:
         """``RUN/diverged-step-N.json``: what a user needs to see why a run stopped (rank 0 writes it)."""
         per_task = {t: {"examples": int(stats[1][i]), "loss": float(stats[0][i] / stats[1][i])}
                     for i, t in enumerate(self.tasks) if stats[1][i] > 0}
-        grad_norm = self.engine.get_global_grad_norm()
-        if grad_norm is None and self.own_grad_norm is not None:
-            grad_norm = self.own_grad_norm
-        report = {"step": step, "lr": lr, "tasks": per_task,
-                  "grad_norm": None if grad_norm is None else float(grad_norm),
+        grad_norm = self._grad_norm()
+        report = {"step": step, "lr": lr, "tasks": per_task, "grad_norm": grad_norm,
                   "skipped_steps": int(getattr(self.engine, "skipped_steps", 0) or 0),
                   "last_checkpoint": self.last_tag}
         path = self.output_dir / f"diverged-step-{step:08d}.json"
@@ -461,11 +465,9 @@ class Recipe:
                    "train/samples_per_s": float(w["count"].sum()) / seconds,
                    "train/tokens_per_s": w["tokens"] / seconds,
                    "train/skipped_steps": float(getattr(self.engine, "skipped_steps", 0))}
-        gn = self.engine.get_global_grad_norm()
-        if gn is None and self.own_grad_norm is not None:
-            gn = self.own_grad_norm
-        if gn is not None:
-            scalars["train/grad_norm"] = float(gn)
+        grad_norm = self._grad_norm()
+        if grad_norm is not None:
+            scalars["train/grad_norm"] = grad_norm
         for i, task in enumerate(self.tasks):
             scalars[f"train/task_count/{task}"] = float(w["count"][i])
             if w["count"][i] > 0:
