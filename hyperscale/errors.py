@@ -70,4 +70,18 @@ def run_main(fn: Callable[[], int | None]) -> int:
         return int(fn() or 0)
     except HyperscaleError as e:
         report(e)
+        _leave_process_group()
         return 2
+
+
+def _leave_process_group() -> None:
+    """Tear this rank's process group down before the interpreter exits: left to the exit handlers, a rank
+    whose peer has already gone can abort in gloo's teardown ("terminate called without an active
+    exception", exit -6) instead of exiting 2."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # the report is out; nothing more to do for a failing rank
+        pass
