@@ -21,6 +21,7 @@ CONFIG_CASES = [
     ("train.adam_beta1=1.5", "adam_beta1 and adam_beta2 must be in [0, 1)"),
     ("train.adam_eps=0", "train.adam_eps must be > 0"),
     ("train.max_skipped_steps=0", "train.max_skipped_steps must be >= 1"),
+    ("train.nonfinite=ignore", "train.nonfinite must be abort or skip"),
     ("eval.batch_size=0", "eval.batch_size must be >= 1"),
     ("eval.max_examples=0", "eval.max_examples must be >= 1"),
     ("eval.splits=[]", "eval.splits is empty"),

@@ -86,8 +86,11 @@ class TrainConfig:
     precision: str = "bf16"  # bf16 | fp32 | fp16 (fp16 needs allow_fp16)
     allow_fp16: bool = False
     device: str = "auto"  # auto | cpu | cuda
-    # a NaN/inf loss stops the run (with RUN/diverged-step-N.json); so do this many optimizer steps in a row
-    # that DeepSpeed skipped for overflowing gradients
+    # a non-finite (NaN/inf) loss or gradient: "abort" stops the run at that step, saving nothing from it on and
+    # writing RUN/diverged-step-N.json; "skip" leaves the weights and optimizer as they were (the step is logged
+    # as skipped) and stops the run only after max_skipped_steps skipped steps in a row. fp16's loss scaler
+    # skips steps while it calibrates: with fp16 both policies tolerate max_skipped_steps in a row.
+    nonfinite: str = "abort"
     max_skipped_steps: int = 10
     # CPU runs: intra-op threads per rank; 0 = auto (the cores of this machine divided by its ranks, at most
     # AUTO_CPU_THREADS_MAX: tiny models gain nothing from more, see benchmarks/NOTES.md)
@@ -354,6 +357,7 @@ def validate(cfg: RunConfig) -> None:
     need(t.lr > 0, f"train.lr must be positive, got {t.lr}")
     need(0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1, "train.adam_beta1 and adam_beta2 must be in [0, 1)")
     need(t.adam_eps > 0 and t.weight_decay >= 0, "train.adam_eps must be > 0 and train.weight_decay >= 0")
+    need(t.nonfinite in ("abort", "skip"), f"train.nonfinite must be abort or skip, got {t.nonfinite!r}")
     need(t.max_skipped_steps >= 1, f"train.max_skipped_steps must be >= 1, got {t.max_skipped_steps}")
     need(t.cpu_threads >= 0, f"train.cpu_threads must be >= 0 (0: auto), got {t.cpu_threads}")
     need(t.warmup_steps >= 0, "train.warmup_steps must be >= 0")

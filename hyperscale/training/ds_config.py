@@ -83,6 +83,10 @@ def build_ds_config(cfg: RunConfig, world_size: int) -> dict:
     implied = "bf16" if bf16 else "fp16" if fp16 else "fp32"
     if implied != t.precision:
         raise ConfigError(f"{src} enables {implied} but train.precision={t.precision}; make them agree")
+    if implied == "bf16":
+        # train.nonfinite relies on DeepSpeed leaving out a step whose gradients are inf/NaN (its "overflow");
+        # for bf16 under ZeRO 1-2 that check is this switch
+        _fill(ds["bf16"], "check_grad_overflow", True, "bf16.check_grad_overflow", src)
     if cfg.deepspeed.zero_stage == 0 and implied == "bf16":
         # DeepSpeed has no fp32 gradient accumulation for bf16 without ZeRO (it refuses: "unsupported mix of
         # model_dtype=torch.bfloat16 and grad_accum_dtype=torch.float32"); its ZeRO-0 bf16 path keeps fp32

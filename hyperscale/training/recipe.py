@@ -18,7 +18,8 @@ all-reduced and copied to the host once per logging window (and before an eval, 
 per micro-batch.
 
 A resume on another number of ranks goes through DeepSpeed's universal checkpoint format; one run at a time
-holds ``output_dir`` (a lock); a NaN/inf loss or a streak of skipped steps stops the run with a diagnostic.
+holds ``output_dir`` (a lock). A non-finite loss or gradient stops the run with a diagnostic
+(``train.nonfinite=abort``), or leaves that step out, stopping after ``train.max_skipped_steps`` in a row (``skip``).
 
 Raises (all :class:`hyperscale.errors.HyperscaleError`): ``ConfigError`` (bad or incompatible configuration, a
 resume under another ZeRO stage, too little disk), ``RunExistsError`` (``output_dir`` holds a run and no
@@ -27,13 +28,15 @@ resume at an explicit path, a damaged or unsafe checkpoint) and ``TrainingDiverg
 """
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -99,6 +102,7 @@ class Recipe:
         self.last_tag: Optional[str] = None  # the newest checkpoint tag of this run
         self.pending: list[torch.Tensor] = []  # per-step statistics not yet on the host (on self.device)
         self.pending_lr: list[float] = []
+        self.pending_skipped: list[bool] = []  # whether each pending step was left out (train.nonfinite)
         self.window = self._empty_window()
         self.own_grad_norm: Optional[torch.Tensor] = None  # measured by the trainer (bare fp32 optimizer)
 
@@ -315,6 +319,9 @@ class Recipe:
         # fp16); with a bare fp32 optimizer (ZeRO-0, fp32) the trainer measures it itself
         e = self.engine
         measure_grad_norm = not (e.zero_optimization() or e.bfloat16_enabled() or e.fp16_enabled())
+        # DeepSpeed's optimizer wrappers leave out a step whose gradients are inf/NaN; the bare fp32 optimizer does
+        # not, so under train.nonfinite=skip the trainer does (one host read of the gradient norm per step)
+        own_skip = measure_grad_norm and t.nonfinite == "skip"
         mb = t.micro_batch_size
         while self.state.step < t.max_steps:
             if self.preempt.should_stop():
@@ -325,20 +332,26 @@ class Recipe:
                 self._check_task_sync(examples)
             loss_sums = torch.zeros(len(self.tasks), device=self.device)
             counts = torch.zeros(2, len(self.tasks))  # on the host: examples and tokens per task
+            undo = None
             for i in range(0, len(examples), mb):
                 batch, task_ids = self._collate(examples[i:i + mb], counts)
                 loss, per_example = eng.forward_loss(self.engine, batch, task_ids)
                 self.engine.backward(loss)
                 if measure_grad_norm and self.engine.is_gradient_accumulation_boundary():
                     self.own_grad_norm = self._trainable_grad_norm()
+                    undo = self._undo_if_nonfinite() if own_skip else None
                 self.engine.step()
+                if undo is not None:
+                    undo()
                 loss_sums.index_add_(0, batch["task_index"], per_example.detach().float())
             self.state.step += 1
             self.state.sampler = self.sampler.state_dict()
             self.pending.append(torch.cat([loss_sums.unsqueeze(0), counts.to(self.device)]))
             self.pending_lr.append(self.engine.get_lr()[0])
+            self.pending_skipped.append(undo is not None or not self.engine.was_step_applied())
             if bar is not None:
                 bar.update(1)
+            self._apply_nonfinite_policy()
             # ---- log
             final = self.state.step == t.max_steps
             if self.state.step % cfg.logging.every_steps == 0 or final:
@@ -377,6 +390,59 @@ class Recipe:
         return on_device, task_ids
 
     @torch.no_grad()
+    def _undo_if_nonfinite(self) -> Optional[Callable[[], None]]:
+        """Bare fp32 optimizer, ``train.nonfinite=skip``: when the (all-reduced, so the same on every rank) gradients
+        are not finite, zero them and return a function that, called after ``engine.step()``, puts the trainable
+        weights, the optimizer state and the learning-rate schedule back as they were (DeepSpeed's own wrappers
+        leave such a step out the same way). The copy is made only for such a step."""
+        if bool(torch.isfinite(self.own_grad_norm)):
+            return None
+        e = self.engine
+        params = [p for p in e.module.parameters() if p.requires_grad]
+        values = [p.detach().clone() for p in params]
+        optimizer = copy.deepcopy(e.optimizer.state_dict())
+        schedule = copy.deepcopy(e.lr_scheduler.state_dict()) if e.lr_scheduler is not None else None
+        for p in params:
+            if p.grad is not None:
+                p.grad.zero_()
+
+        def undo() -> None:
+            with torch.no_grad():
+                for p, v in zip(params, values):
+                    p.copy_(v)
+            e.optimizer.load_state_dict(optimizer)
+            if schedule is not None:
+                e.lr_scheduler.load_state_dict(schedule)
+        return undo
+
+    def _apply_nonfinite_policy(self) -> None:
+        """After each step: count a step left out for non-finite losses or gradients and stop the run where
+        ``train.nonfinite`` says so. Reads only host values (DeepSpeed's overflow flag is already agreed across ranks)."""
+        t, step, lr = self.cfg.train, self.state.step, self.pending_lr[-1]
+        if not self.pending_skipped[-1]:
+            self.state.skipped_in_a_row = 0
+            return
+        self.state.skipped_steps += 1
+        self.state.skipped_in_a_row += 1
+        in_a_row = self.state.skipped_in_a_row
+        tolerated = t.nonfinite == "skip" or t.precision == "fp16"  # fp16: the loss scaler calibrates by skipping
+        if tolerated and in_a_row < t.max_skipped_steps:
+            log0(f"step {step}: non-finite loss or gradients; the step was left out ({in_a_row} in a row, the run "
+                 f"stops at {t.max_skipped_steps})")
+            return
+        stats = self._flush_stats()  # a non-finite loss of a step the policy does not leave out raises here
+        report = self._write_diagnostic(step, stats[-1], lr)
+        if tolerated:
+            raise TrainingDivergedError(
+                f"{in_a_row} optimizer steps in a row (up to step {step}) had non-finite losses or gradients and were "
+                f"left out (train.max_skipped_steps={t.max_skipped_steps}); lower train.lr (now {t.lr:g}) or check the "
+                f"data. The last checkpoint is {self.last_tag or 'none'}; details in {report}")
+        raise TrainingDivergedError(
+            f"the gradients became non-finite (inf/NaN) at step {step} (lr {lr:.3g}); lower train.lr "
+            f"or check the data, or set train.nonfinite=skip to leave such steps out. Nothing from step {step} on was "
+            f"saved; the last checkpoint is {self.last_tag or 'none'}; details in {report}")
+
+    @torch.no_grad()
     def _trainable_grad_norm(self) -> torch.Tensor:
         """L2 norm of the (already all-reduced) gradients before clipping, as DeepSpeed's clipping sees them;
         a device tensor (read on the host only when logged)."""
@@ -404,38 +470,47 @@ class Recipe:
     # ---------------------------------------------------------------- statistics
     def _empty_window(self) -> dict:
         return {"loss_sum": torch.zeros(len(self.tasks)), "count": torch.zeros(len(self.tasks)), "tokens": 0.0,
-                "start": time.perf_counter(), "lr": 0.0, "steps": 0,
-                "skipped": int(getattr(self.engine, "skipped_steps", 0) or 0)}
+                "start": time.perf_counter(), "lr": 0.0, "steps": 0}
 
-    def _flush_stats(self, bar: Any = None) -> None:
+    def _flush_stats(self, bar: Any = None) -> Optional[torch.Tensor]:
         """Bring the pending steps' statistics to the host: one all-reduce and one copy for all of them.
-        Writes each step's line of ``train_log.jsonl`` and the samples/tokens counters."""
+        Writes each step's line of ``train_log.jsonl`` and the samples/tokens counters; returns the statistics
+        ([steps, 3, tasks]: loss sums, examples, tokens per task) or None when nothing was pending.
+        A non-finite loss stops the run unless its step was left out under ``train.nonfinite=skip``."""
         if not self.pending:
-            return
+            return None
         stats = hdist.all_reduce(torch.stack(self.pending)).cpu()  # [steps, 3, tasks]
         first = self.state.step - len(self.pending) + 1
         losses = stats[:, 0].sum(1) / stats[:, 1].sum(1).clamp(min=1)
-        if not torch.isfinite(losses).all():  # the same on every rank (all-reduced): all stop together
-            k = int((~torch.isfinite(losses)).nonzero()[0])
+        skipped = torch.tensor(self.pending_skipped, dtype=torch.bool)
+        left_out = skipped if self.cfg.train.nonfinite == "skip" else torch.zeros_like(skipped)
+        bad = ~torch.isfinite(losses) & ~left_out
+        if bad.any():  # the same on every rank (all-reduced): all stop together
+            k = int(bad.nonzero()[0])
             report = self._write_diagnostic(first + k, stats[k], self.pending_lr[k])
             raise TrainingDivergedError(
                 f"the training loss became {float(losses[k])} at step {first + k} (lr {self.pending_lr[k]:.3g}); lower "
-                f"train.lr or check the data. Nothing from step {first + k} on was saved; the last checkpoint is "
-                f"{self.last_tag or 'none'}; details in {report}")
+                f"train.lr or check the data, or set train.nonfinite=skip to leave such steps out. Nothing from step "
+                f"{first + k} on was saved; the last checkpoint is {self.last_tag or 'none'}; details in {report}")
         for k, (s, lr) in enumerate(zip(stats, self.pending_lr)):
             loss = float(s[0].sum() / s[1].sum().clamp(min=1))
-            self.logger.record({"step": first + k, "loss": loss, "lr": lr,
-                                "tasks": {self.tasks[i]: int(c) for i, c in enumerate(s[1].tolist()) if c}})
-            self.window["loss_sum"] += s[0]
-            self.window["count"] += s[1]
+            record = {"step": first + k, "loss": loss if math.isfinite(loss) else None, "lr": lr,
+                      "tasks": {self.tasks[i]: int(c) for i, c in enumerate(s[1].tolist()) if c}}
+            if skipped[k]:
+                record["skipped"] = True
+            self.logger.record(record)
+            if not skipped[k]:  # a left-out step's loss is not part of the window's mean
+                self.window["loss_sum"] += s[0]
+                self.window["count"] += s[1]
+                self.window["steps"] += 1
             self.window["tokens"] += float(s[2].sum())
             self.window["lr"] = lr
-            self.window["steps"] += 1
             self.state.samples_seen += int(s[1].sum())
             self.state.tokens_seen += int(s[2].sum())
         if bar is not None:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        self.pending, self.pending_lr = [], []
+        self.pending, self.pending_lr, self.pending_skipped = [], [], []
+        return stats
 
     def _grad_norm(self) -> Optional[float]:
         """The last step's gradient norm: DeepSpeed's where its optimizer records one, else the trainer's own."""
@@ -450,7 +525,8 @@ class Recipe:
                     for i, t in enumerate(self.tasks) if stats[1][i] > 0}
         grad_norm = self._grad_norm()
         report = {"step": step, "lr": lr, "tasks": per_task, "grad_norm": grad_norm,
-                  "skipped_steps": int(getattr(self.engine, "skipped_steps", 0) or 0),
+                  "nonfinite_policy": self.cfg.train.nonfinite, "skipped_steps": self.state.skipped_steps,
+                  "skipped_in_a_row": self.state.skipped_in_a_row,
                   "last_checkpoint": self.last_tag}
         path = self.output_dir / f"diverged-step-{step:08d}.json"
         if self.rank == 0:
@@ -464,7 +540,7 @@ class Recipe:
         scalars = {"train/loss": float(w["loss_sum"].sum() / count), "train/lr": w["lr"],
                    "train/samples_per_s": float(w["count"].sum()) / seconds,
                    "train/tokens_per_s": w["tokens"] / seconds,
-                   "train/skipped_steps": float(getattr(self.engine, "skipped_steps", 0))}
+                   "train/skipped_steps": float(self.state.skipped_steps)}
         grad_norm = self._grad_norm()
         if grad_norm is not None:
             scalars["train/grad_norm"] = grad_norm
@@ -477,11 +553,6 @@ class Recipe:
         if not self.cfg.logging.progress_bar:  # batch jobs: a line per window in the log instead of a bar
             log0(f"step {step}/{self.cfg.train.max_steps}  loss {scalars['train/loss']:.4f}  lr {w['lr']:.3g}  "
                  f"{scalars['train/samples_per_s']:.1f} samples/s")
-        skipped = int(getattr(self.engine, "skipped_steps", 0))
-        if skipped - w["skipped"] >= w["steps"] > 0 and skipped >= self.cfg.train.max_skipped_steps:
-            raise TrainingDivergedError(
-                f"DeepSpeed skipped every optimizer step of the last {w['steps']} ({skipped} in all, up to step {step}): "
-                f"the gradients overflow (inf/NaN); lower train.lr (now {self.cfg.train.lr:g}) or check the data")
         self.window = self._empty_window()
 
     # ================================================================== eval

@@ -25,6 +25,9 @@ class TrainState:
     # the topology that wrote the checkpoint: ZeRO 1-3 optimizer states are partitioned per rank
     world_size: Optional[int] = None
     zero_stage: Optional[int] = None
+    # optimizer steps left out for non-finite losses or gradients (train.nonfinite), in all and in a row
+    skipped_steps: int = 0
+    skipped_in_a_row: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
