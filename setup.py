@@ -33,6 +33,6 @@ setup(
         "tqdm",
         "numpy",
     ],
-    extras_require={"test": ["pytest"], "peft": ["peft"]},
+    extras_require={"test": ["pytest", "matplotlib"], "peft": ["peft"], "plots": ["matplotlib"]},
     entry_points={"console_scripts": ["hyperscale=hyperscale.cli:main"]},
 )

@@ -1,6 +1,6 @@
 """The ``hyperscale`` command: one dispatcher, one module per subcommand.
 
-    hyperscale train | eval | predict | export | params | slurm | bench ...
+    hyperscale train | eval | predict | export | params | slurm | bench | inspect | adapt | sweep ...
 
 Every subcommand runs under :func:`hyperscale.errors.run_main`: a :class:`~hyperscale.errors.HyperscaleError`
 becomes one ``hyperscale: error: ...`` line and exit status 2; anything else keeps its traceback.
@@ -13,10 +13,12 @@ from typing import Optional
 
 from ..errors import run_main
 from ..training.logging import quiet_known_noise
-from . import bench, export, params, predict, slurm, train
+from . import adapt, bench, export, inspect, params, predict, slurm, sweep, train
 from . import eval as eval_cmd
 
-SUBCOMMANDS = (train, eval_cmd, export, predict, params, slurm, bench)
+SUBCOMMANDS = (train, eval_cmd, export, predict, params, slurm, bench, inspect, adapt, sweep)
+# subcommands whose overrides may follow their options (argparse intermixes only without subparsers)
+INTERMIXED = {"train": train.parse_args, "adapt": adapt.parse_args, "sweep": sweep.parse_args}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     quiet_known_noise()
-    if argv[:1] == ["train"]:  # overrides may follow --resume: argparse mixes them only without subparsers
-        args = train.parse_args(argv[1:])
+    if argv[:1] and argv[0] in INTERMIXED:
+        args = INTERMIXED[argv[0]](argv[1:])
     else:
         args = build_parser().parse_args(argv)
     return run_main(lambda: args.func(args))

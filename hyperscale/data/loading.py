@@ -40,7 +40,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from .. import hub
 from .errors import DataError
@@ -282,7 +282,8 @@ def _check_n(name: str, value, task_name: str):
 
 
 def load_task_splits(task, data_dir=None, n_train=None, n_val=None, n_test=None, seed: int = 42,
-                     stsb_grid: float = DEFAULT_STSB_GRID, add_prefix: bool = False) -> TaskSplits:
+                     stsb_grid: float = DEFAULT_STSB_GRID, add_prefix: bool = False,
+                     subset_seed: Optional[int] = None) -> TaskSplits:
     """Load ``task`` and split it by the paper's protocol.
 
     Args:
@@ -295,6 +296,13 @@ def load_task_splits(task, data_dir=None, n_train=None, n_val=None, n_test=None,
         seed: seed of every permutation (splitting and subsampling).
         stsb_grid: STS-B target grid (0.2 default, 0.1 = reference).
         add_prefix: put the task name in front of the source text.
+        subset_seed: which ``n_train`` training rows are kept: the train split
+            (as ``seed`` made it) is permuted again with this seed before the
+            first ``n_train`` are taken. ``None``: no second permutation. The
+            validation and test splits never depend on it: a few-shot or
+            low-resource experiment varies it across its seeds and evaluates
+            every seed on the same test rows; every method given the same
+            (seed, subset_seed, n_train) trains on the same rows.
 
     Returns:
         :class:`TaskSplits`: ``{"train", "validation", "test"}`` ->
@@ -338,6 +346,8 @@ def load_task_splits(task, data_dir=None, n_train=None, n_val=None, n_test=None,
     for split in SPLITS:
         origin, indices = plan[split]
         limit = limits[split]
+        if split == "train" and subset_seed is not None:
+            indices = [indices[j] for j in _permutation(len(indices), subset_seed)]
         if limit is not None:
             if limit > len(indices):
                 logger.warning("%s: asked for %d %s rows, only %d exist; keeping all",
@@ -361,6 +371,8 @@ def load_task_splits(task, data_dir=None, n_train=None, n_val=None, n_test=None,
     protocol = {"task": task.name, "seed": int(seed), "split_kind": task.split_kind,
                 "source": source, "n_train": limits["train"], "n_val": limits["validation"],
                 "n_test": limits["test"], "add_prefix": bool(add_prefix)}
+    if subset_seed is not None:
+        protocol["subset_seed"] = int(subset_seed)
     if task.is_regression:
         protocol["stsb_grid"] = float(stsb_grid)
     return TaskSplits(splits, protocol)

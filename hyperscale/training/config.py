@@ -56,6 +56,9 @@ class DataConfig:
     n_val: Optional[int] = None
     n_test: Optional[int] = None
     split_seed: int = 42
+    # which n_train training examples (few-shot and low-resource seeds): the train split is permuted again with
+    # this seed before the first n_train are kept; validation and test never depend on it. null: no re-permutation
+    train_subset_seed: Optional[int] = None
     stsb_grid: float = 0.2
     cache_dir: Optional[str] = None  # tokenized data; default $HYPERSCALE_CACHE/tokenized or ~/.cache/hyperscale/tokenized
 
@@ -140,6 +143,20 @@ class DistributedConfig:
     check_task_sync: bool = False  # debug: verify with a collective that all ranks run the same tasks
 
 
+TRANSFER_TRAIN = ("embedding", "embedding+hypernet", "embedding+hypernet+norms", "all")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Start from a trained multi-task model (few-shot transfer, ``hyperscale adapt``)."""
+    # an export (``hyperscale export``, or a run's ``export/``); the data.tasks it does not know are added to it
+    from_export: Optional[str] = None
+    new_task_init: str = "mean"  # the new tasks' embeddings (or adapters): mean | random | a task of the export
+    # what trains: the task embeddings only, plus the hypernetwork, plus T5's layer norms, or every weight
+    # (``all``: the multi-task fine-tuning baseline)
+    train: str = "embedding"
+
+
 @dataclass(frozen=True)
 class RunConfig:
     output_dir: str = "runs/default"
@@ -152,6 +169,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -183,9 +201,13 @@ _MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 def _weights_keys(d: dict) -> dict:
     model = d.get("model") or {}
-    return {"model": {k: v for k, v in model.items() if k not in _RESUME_FREE_MODEL_KEYS
+    keys = {"model": {k: v for k, v in model.items() if k not in _RESUME_FREE_MODEL_KEYS
                       and not (k in _LATER_MODEL_KEYS and v == _MODEL_DEFAULTS[k])},
             "tasks": (d.get("data") or {}).get("tasks")}
+    transfer = d.get("transfer") or {}
+    if transfer.get("from_export"):  # only then (older runs have no such section)
+        keys["transfer"] = transfer
+    return keys
 
 
 def resume_differences(saved_run_config: Union[str, Path], cfg: "RunConfig") -> list[str]:
@@ -357,6 +379,12 @@ def validate(cfg: RunConfig) -> None:
     need(t.lr > 0, f"train.lr must be positive, got {t.lr}")
     need(0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1, "train.adam_beta1 and adam_beta2 must be in [0, 1)")
     need(t.adam_eps > 0 and t.weight_decay >= 0, "train.adam_eps must be > 0 and train.weight_decay >= 0")
+    tr = cfg.transfer
+    need(tr.train in TRANSFER_TRAIN, f"transfer.train must be one of {', '.join(TRANSFER_TRAIN)}, got {tr.train!r}")
+    need(bool(tr.new_task_init), "transfer.new_task_init must be mean, random or a task of the export")
+    need(not tr.from_export or tr.train == "all" or t.weight_decay == 0,
+         f"transfer.train={tr.train} with train.weight_decay={t.weight_decay:g}: weight decay would also shrink the "
+         "frozen tasks' embeddings (they share one table); set train.weight_decay=0")
     need(t.nonfinite in ("abort", "skip"), f"train.nonfinite must be abort or skip, got {t.nonfinite!r}")
     need(t.max_skipped_steps >= 1, f"train.max_skipped_steps must be >= 1, got {t.max_skipped_steps}")
     need(t.cpu_threads >= 0, f"train.cpu_threads must be >= 0 (0: auto), got {t.cpu_threads}")

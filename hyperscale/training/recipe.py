@@ -63,6 +63,7 @@ from .export import export_checkpoint
 from .logging import RunLogger
 from .preemption import PreemptionHandler
 from .state import TrainState, seed_everything
+from .transfer import check_export_dir, load_for_transfer
 
 log0 = hdist.log0
 AUTO_CPU_THREADS_MAX = 2  # measured: benchmarks/NOTES.md (CPU threads)
@@ -92,10 +93,11 @@ class Recipe:
         self.sampler: Optional[MultiTaskSampler] = None
         self.ds_config: dict = {}
         self.model: Optional[HyperscaleModel] = None
+        self.model_task_ids: Optional[torch.Tensor] = None  # data task index -> model task index
         self.engine: Any = None
         self.logger: Optional[RunLogger] = None
         self.preempt: Optional[PreemptionHandler] = None
-        self.run_lock: Any = None  # rank 0's open lock file on output_dir (released when the process ends)
+        self.run_lock: Any = None  # rank 0's open lock file on output_dir (released by finish() or the process's end)
         # mutable training state: checkpointed (TrainState) or derived per process
         self.state = TrainState()
         self.results: dict = {}  # split -> evaluation result of this process's latest evaluation
@@ -123,6 +125,8 @@ class Recipe:
                 self.results = json.loads((self.output_dir / "results.json").read_text())
                 return
             self._check_topology(saved)
+        if cfg.transfer.from_export:
+            check_export_dir(cfg.transfer)  # before the data is read
         seed_everything(cfg.train.seed + self.rank)
         self._setup_data()
         self.ds_config = build_ds_config(cfg, self.world)
@@ -251,7 +255,7 @@ class Recipe:
         self.tokenizer = default_tokenizer() if d.tokenizer == "default" else load_tokenizer(d.tokenizer)
         data_dir = None if d.data_dir == "sample" else d.data_dir
         splits = load_multitask_splits(d.tasks, data_dir, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
-                                       seed=d.split_seed, stsb_grid=d.stsb_grid,
+                                       seed=d.split_seed, subset_seed=d.train_subset_seed, stsb_grid=d.stsb_grid,
                                        add_prefix=cfg.model.method == "finetune")
         self.protocol = protocol_fingerprint(splits)
         cache_dir = Path(d.cache_dir) if d.cache_dir else None
@@ -287,10 +291,19 @@ class Recipe:
 
     def _setup_model(self) -> None:
         m = self.cfg.model
-        backbone = self._resolve_backbone()
-        # the model section is an ArchConfig (plus run-only fields): its architecture part is the model's
-        with eng.sharded_construction(self.ds_config, self.cfg.deepspeed.build_sharded):
-            self.model = HyperscaleModel.from_backbone(backbone, self.tasks, **m.arch_dict())
+        if self.cfg.transfer.from_export:  # few-shot transfer: the export's model, the new tasks added
+            if self.cfg.deepspeed.build_sharded:
+                raise ConfigError("transfer.from_export loads the export's model whole on each rank; set "
+                                  "deepspeed.build_sharded=false")
+            self.model = load_for_transfer(self.cfg.transfer, m, self.tasks)
+            backbone = self.model.config.backbone_id
+        else:
+            backbone = self._resolve_backbone()
+            # the model section is an ArchConfig (plus run-only fields): its architecture part is the model's
+            with eng.sharded_construction(self.ds_config, self.cfg.deepspeed.build_sharded):
+                self.model = HyperscaleModel.from_backbone(backbone, self.tasks, **m.arch_dict())
+        # the data's task index -> the model's (they differ when the model knows more tasks than the run trains)
+        self.model_task_ids = torch.tensor([self.model.task_index(t) for t in self.tasks])
         if m.dropout is not None:
             self.model.backbone.config.dropout_rate = m.dropout
             for mod in self.model.backbone.modules():
@@ -335,7 +348,7 @@ class Recipe:
             undo = None
             for i in range(0, len(examples), mb):
                 batch, task_ids = self._collate(examples[i:i + mb], counts)
-                loss, per_example = eng.forward_loss(self.engine, batch, task_ids)
+                loss, per_example = eng.forward_loss(self.engine, batch, self.model_task_ids[task_ids])
                 self.engine.backward(loss)
                 if measure_grad_norm and self.engine.is_gradient_accumulation_boundary():
                     self.own_grad_norm = self._trainable_grad_norm()
@@ -675,6 +688,9 @@ class Recipe:
         hdist.barrier()
         if self.logger is not None:
             self.logger.close()
+        if self.run_lock is not None:  # a process may run several recipes (hyperscale adapt, sweep)
+            self.run_lock.close()
+            self.run_lock = None
         return summary
 
     def _results_notice(self) -> Optional[str]:

@@ -1,0 +1,58 @@
+"""``hyperscale adapt EXPORT --tasks cb --out DIR``: few-shot transfer of a multi-task model to new tasks.
+
+Trains, for every new task, k and seed, what ``--train`` names (the new task embedding; plus the hypernetwork;
+plus T5's layer norms) on k examples, and with ``--baseline`` a multi-task finetune export on the same examples;
+then writes ``DIR/results.json``, ``DIR/results.md`` (mean ± std over seeds) and ``DIR/fewshot.png``. Every
+run is an ordinary training run (any launcher, DeepSpeed, checkpoints); rerunning continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..experiments import fewshot
+from ..experiments.grid import parse_int_list, run_grid, write_reports
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("adapt", help="few-shot transfer of a multi-task export to new tasks (k examples each)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("export", help="export of the multi-task model (a run's export/ or hyperscale export's output)")
+    p.add_argument("overrides", nargs="*", help="run config overrides for every run, e.g. train.max_steps=200")
+    p.add_argument("--tasks", required=True, help="new tasks, comma-separated (e.g. cb,boolq,scitail)")
+    p.add_argument("--out", required=True, help="experiment directory (rerun with it to continue)")
+    p.add_argument("--k", default=",".join(map(str, fewshot.DEFAULT_K)),
+                   help="training examples per task, comma-separated (default %(default)s)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per (method, task, k) (default %(default)s)")
+    p.add_argument("--train", default=",".join(fewshot.DEFAULT_MODES),
+                   help="what learns, comma-separated: embedding, embedding+hypernet, embedding+hypernet+norms "
+                        "(default: all three)")
+    p.add_argument("--init", default="mean", help="the new task embedding: mean, random or a task of the export")
+    p.add_argument("--baseline", default=None, help="a multi-task finetune export, fine-tuned on the same examples")
+    p.add_argument("--config", default=None, help="base run config (default: the embedded default)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    export = Path(args.export)
+    tasks = [t for t in args.tasks.split(",") if t]
+    cells = fewshot.adapt_cells(export, tasks, parse_int_list(args.k, "--k"), args.seeds,
+                                [m for m in args.train.split(",") if m], Path(args.baseline) if args.baseline else None,
+                                args.init)
+    spec = {"command": "adapt", "export": str(export.resolve()), "init": args.init,
+            "baseline": str(Path(args.baseline).resolve()) if args.baseline else None,
+            "config": args.config, "overrides": list(args.overrides)}
+    root = Path(args.out)
+    rows = run_grid(root, spec, args.config, list(args.overrides), cells, lambda c: [c.labels["new_task"]])
+    paths = write_reports(root, rows, "k", "training examples per task (k)", "Few-shot transfer", "fewshot.png")
+    if paths:
+        print(paths["markdown"].read_text())
+        for kind, path in paths.items():
+            print(f"{kind:>9}: {path}")
+    return 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Overrides may come before or after the options (intermixed)."""
+    return add_parser(argparse.ArgumentParser(prog="hyperscale").add_subparsers()).parse_intermixed_args(argv)

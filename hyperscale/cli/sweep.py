@@ -1,0 +1,53 @@
+"""``hyperscale sweep [CONFIG] --out DIR``: the low-resource sweep, every method at several training sizes.
+
+Trains every method (``--methods``) with n examples per task (``--n-train``) for ``--seeds`` seeds, on the
+config's tasks, then writes ``DIR/results.json``, ``DIR/results.md`` (mean ± std over seeds, per task and their
+average) and ``DIR/low_resource.png``. Every run is an ordinary training run; a finished run is not run again.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..experiments import sweep
+from ..experiments.grid import parse_int_list, run_grid, write_reports
+from ..training.config import load_config
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("sweep", help="low-resource sweep: methods x training sizes x seeds, with table and plot",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", default=None, help="base run config (default: the embedded default)")
+    p.add_argument("overrides", nargs="*", help="run config overrides for every run, e.g. train.max_steps=500")
+    p.add_argument("--out", required=True, help="experiment directory (rerun with it to continue)")
+    p.add_argument("--n-train", default=",".join(map(str, sweep.DEFAULT_N)),
+                   help="training examples per task, comma-separated (default %(default)s)")
+    p.add_argument("--methods", default=",".join(sweep.DEFAULT_METHODS), help="comma-separated (default %(default)s)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per (method, n) (default %(default)s)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        overrides.insert(0, config)
+        config = None
+    cells = sweep.sweep_cells([m for m in args.methods.split(",") if m], parse_int_list(args.n_train, "--n-train"),
+                              args.seeds)
+    tasks = list(load_config(config, overrides).data.tasks)
+    spec = {"command": "sweep", "config": config, "overrides": overrides}
+    root = Path(args.out)
+    rows = sweep.with_average(run_grid(root, spec, config, overrides, cells, lambda c: tasks))
+    paths = write_reports(root, rows, "n_train", "training examples per task", "Low-resource sweep",
+                          "low_resource.png")
+    if paths:
+        print(paths["markdown"].read_text())
+        for kind, path in paths.items():
+            print(f"{kind:>9}: {path}")
+    return 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Overrides may come before or after the options (intermixed)."""
+    return add_parser(argparse.ArgumentParser(prog="hyperscale").add_subparsers()).parse_intermixed_args(argv)
