@@ -23,6 +23,7 @@ import torch
 from ..errors import ConfigError
 from ..modeling.config import CONFIG_NAME
 from ..modeling.model import HyperscaleModel
+from . import distributed as hdist
 from .config import ModelConfig, TransferConfig
 
 HYPERNET_METHODS = ("hyperformer++", "hyperformer")
@@ -66,10 +67,15 @@ def load_for_transfer(transfer: TransferConfig, model_cfg: ModelConfig, tasks: l
     model = HyperscaleModel.from_pretrained(check_export_dir(transfer))
     saved = model.config
     check_transfer(transfer, model_cfg, saved.method, list(saved.tasks), saved.arch_dict())
-    for task in tasks:
-        if task not in saved.tasks:
-            model.add_task(task, transfer.new_task_init)
-    hold_fixed(model, transfer.train)
+    new = [t for t in tasks if t not in saved.tasks]
+    for task in new:
+        model.add_task(task, transfer.new_task_init)
+    fixed = hold_fixed(model, transfer.train)
+    learn = trained_parameters(model, transfer.train)
+    n_learn = sum(p.numel() for p in model.parameters() if id(p) in learn)
+    hdist.log0(f"transfer from {transfer.from_export}: new tasks {', '.join(new) or 'none'} "
+               f"(init: {transfer.new_task_init}); transfer.train={transfer.train}: {n_learn:,} parameters learn, "
+               f"{len(fixed)} trainable tensors are held fixed")
     return model
 
 
