@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
             "config": args.config, "overrides": list(args.overrides)}
     root = Path(args.out)
     rows = run_grid(root, spec, args.config, list(args.overrides), cells, lambda c: [c.labels["new_task"]])
-    paths = write_reports(root, rows, "k", "training examples per task (k)", "Few-shot transfer", "fewshot.png")
+    paths = write_reports(root, rows, "k", "training examples per task (k)", "Few-shot transfer", "fewshot.png",
+                          x_column="k")
     if paths:
         print(paths["markdown"].read_text())
         for kind, path in paths.items():

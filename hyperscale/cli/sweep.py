@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     spec = {"command": "sweep", "config": config, "overrides": overrides}
     root = Path(args.out)
     rows = sweep.with_average(run_grid(root, spec, config, overrides, cells, lambda c: tasks))
-    paths = write_reports(root, rows, "n_train", "training examples per task", "Low-resource sweep",
-                          "low_resource.png")
+    paths = write_reports(root, rows, "n_train", "training examples per task (n)", "Low-resource sweep",
+                          "low_resource.png", x_column="n")
     if paths:
         print(paths["markdown"].read_text())
         for kind, path in paths.items():

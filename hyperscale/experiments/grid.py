@@ -114,15 +114,17 @@ def run_grid(root: Path, spec: dict, config: Optional[str], overrides: list[str]
     return rows
 
 
-def write_reports(root: Path, rows: list[dict], x_key: str, x_label: str, title: str, plot_name: str) -> dict:
+def write_reports(root: Path, rows: list[dict], x_key: str, x_label: str, title: str, plot_name: str,
+                  x_column: Optional[str] = None) -> dict:
     """``results.json``, ``results.md`` and the plot (rank 0 only). Returns the paths written; without
-    matplotlib the JSON and Markdown are written and the missing plot raises its install hint last."""
+    matplotlib the JSON and Markdown are written and the log says how to get the plot. ``x_column``: the
+    table's name for x (default ``x_label``, the plot's axis label)."""
     paths: dict[str, Path] = {}
     if not hdist.is_main():
         return paths
     summary = report.summarize(rows, x_key)
     report.write_json(root / RESULTS_JSON, {"rows": rows, "summary": summary})
-    _write_atomic(root / RESULTS_MD, f"# {title}\n\n" + report.markdown_table(summary, x_label, percent=False) + "\n")
+    _write_atomic(root / RESULTS_MD, f"# {title}\n\n" + report.markdown_table(summary, x_column or x_label, percent=False) + "\n")
     paths.update(json=root / RESULTS_JSON, markdown=root / RESULTS_MD)
     try:
         report.plot_curves(summary, root / plot_name, x_label=x_label, y_label="test score (%)", title=title)
