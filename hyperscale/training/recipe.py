@@ -63,7 +63,7 @@ from .export import export_checkpoint
 from .logging import RunLogger
 from .preemption import PreemptionHandler
 from .state import TrainState, seed_everything
-from .transfer import check_export_dir, load_for_transfer
+from .transfer import check_export_dir, load_for_transfer, restore_fp32_masters, trainable_fp32
 
 log0 = hdist.log0
 AUTO_CPU_THREADS_MAX = 2  # measured: benchmarks/NOTES.md (CPU threads)
@@ -94,6 +94,7 @@ class Recipe:
         self.ds_config: dict = {}
         self.model: Optional[HyperscaleModel] = None
         self.model_task_ids: Optional[torch.Tensor] = None  # data task index -> model task index
+        self.transfer_weights: Optional[dict] = None  # transfer runs: the export's exact fp32 trainable weights
         self.engine: Any = None
         self.logger: Optional[RunLogger] = None
         self.preempt: Optional[PreemptionHandler] = None
@@ -134,6 +135,9 @@ class Recipe:
             self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         self._setup_model()
         self.engine = eng.build_engine(self.model, self.ds_config, self.device, sharded=cfg.deepspeed.build_sharded)
+        if self.transfer_weights is not None:  # before a checkpoint's own masters are loaded
+            restore_fp32_masters(self.engine, self.transfer_weights)
+            self.transfer_weights = None
         if self.resume_from is not None:
             self.load(self.resume_from)
             self.finished = self.state.step >= cfg.train.max_steps
@@ -296,6 +300,7 @@ class Recipe:
                 raise ConfigError("transfer.from_export loads the export's model whole on each rank; set "
                                   "deepspeed.build_sharded=false")
             self.model = load_for_transfer(self.cfg.transfer, m, self.tasks)
+            self.transfer_weights = trainable_fp32(self.model)  # exact, before the engine casts to bf16
             backbone = self.model.config.backbone_id
         else:
             backbone = self._resolve_backbone()

@@ -9,6 +9,9 @@ or a copy of a named task's), and ``transfer.train`` says what learns:
 - ``embedding+hypernet+norms``: plus T5's layer norms: everything HyperFormer++ trains in multi-task training;
 - ``all``: every weight; the baseline, for a ``finetune`` export (multi-task fine-tuning, then the k examples).
 
+Under bf16 the optimizer's fp32 master weights are set from the export's exact values
+(:func:`restore_fp32_masters`), not from the module's bf16 copy, so nothing is rounded on the way in.
+
 The weights that are held fixed keep ``requires_grad`` (they are part of the saved model, and the backbone's
 hash covers exactly the frozen backbone weights), and a gradient hook makes their gradient zero. With AdamW and
 no weight decay (the config refuses weight decay here) a zero gradient leaves a weight and its moments exactly
@@ -17,6 +20,7 @@ as they were, under every ZeRO stage: the tests check that they come out bit-ide
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -99,3 +103,23 @@ def hold_fixed(model: HyperscaleModel, mode: str) -> list[str]:
             p.register_hook(torch.zeros_like)
             fixed.append(name)
     return fixed
+
+
+def trainable_fp32(model: HyperscaleModel) -> dict[str, torch.Tensor]:
+    """The trainable weights in fp32, taken before DeepSpeed casts the module to bf16/fp16."""
+    return {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def restore_fp32_masters(engine: Any, weights: dict[str, torch.Tensor]) -> int:
+    """Under bf16/fp16 DeepSpeed takes its fp32 master weights from the module's low-precision copy, which
+    would round the export's trained weights (and change those ``transfer.train`` holds fixed); put the exact
+    fp32 values into the masters instead (DeepSpeed's ``safe_set_full_fp32_param``, ZeRO 0-3). Returns how
+    many parameters were set (0 in fp32, where the module's weights are the masters)."""
+    from deepspeed.utils import safe_set_full_fp32_param  # heavy: only when an engine exists
+
+    n = 0
+    for name, p in engine.module.named_parameters():
+        if name in weights and (hasattr(p, "_hp_mapping") or hasattr(p, "ds_id")):
+            safe_set_full_fp32_param(p, weights[name].to(p.device))
+            n += 1
+    return n

@@ -178,3 +178,21 @@ def test_reports_without_matplotlib_keep_the_table_and_say_how_to_get_plots(tmp_
     assert "55.0 ± 7.1" in (tmp_path / "results.md").read_text()
     assert "pip install -e '.[plots]'" in capsys.readouterr().out
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_adapt_under_two_ranks_in_bf16_keeps_held_weights_bit_identical(sources, tmp_path):
+    """The grid's runs are ordinary distributed runs (here torchrun, 2 ranks, ZeRO-2, bf16): DeepSpeed's fp32
+    masters are set from the export's exact weights, so bf16 does not round the weights held fixed."""
+    out = tmp_path / "exp"
+    log = tmp_path / "log"
+    proc = launch(["-m", "hyperscale.cli"], ["adapt", str(sources["hyperformer++"]), "--tasks", "cb", "--k", "8",
+                                             "--seeds", "1", "--train", "embedding", "--out", str(out),
+                                             "--config", str(TINY), "train.max_steps=3", "train.micro_batch_size=4",
+                                             "train.precision=bf16", "deepspeed.zero_stage=2", "eval.max_examples=8"],
+                  2, log)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    before = _weights(sources["hyperformer++"])
+    after = _weights(out / "hyperformer++_embedding" / "cb" / "k8" / "seed0" / "export")
+    assert [n for n in before if n != "bank.task_embeddings" and not torch.equal(before[n], after[n])] == []
+    assert torch.equal(after["bank.task_embeddings"][:2], before["bank.task_embeddings"])
+    assert not torch.equal(after["bank.task_embeddings"][2], before["bank.task_embeddings"].mean(0))
