@@ -59,6 +59,9 @@ class DataConfig:
     # which n_train training examples (few-shot and low-resource seeds): the train split is permuted again with
     # this seed before the first n_train are kept; validation and test never depend on it. null: no re-permutation
     train_subset_seed: Optional[int] = None
+    # pad every training batch's source and target up to a multiple of this (0: to the batch's longest); under
+    # train.compile a bucket size bounds the number of compiled graphs (default there: 32)
+    pad_to_multiple_of: int = 0
     stsb_grid: float = 0.2
     cache_dir: Optional[str] = None  # tokenized data; default $HYPERSCALE_CACHE/tokenized or ~/.cache/hyperscale/tokenized
 
@@ -94,6 +97,10 @@ class TrainConfig:
     # as skipped) and stops the run only after max_skipped_steps skipped steps in a row. fp16's loss scaler
     # skips steps while it calibrates: with fp16 both policies tolerate max_skipped_steps in a row.
     nonfinite: str = "abort"
+    # torch.compile the model's training forward (and with it the backward) through DeepSpeed's engine.compile;
+    # evaluation stays eager. See README "Compiled training"
+    compile: bool = False
+    compile_backend: str = "inductor"  # inductor | aot_eager | eager (debugging) | another registered backend
     max_skipped_steps: int = 10
     # CPU runs: intra-op threads per rank; 0 = auto (the cores of this machine divided by its ranks, at most
     # AUTO_CPU_THREADS_MAX: tiny models gain nothing from more, see benchmarks/NOTES.md)
@@ -385,6 +392,11 @@ def validate(cfg: RunConfig) -> None:
     need(not tr.from_export or tr.train == "all" or t.weight_decay == 0,
          f"transfer.train={tr.train} with train.weight_decay={t.weight_decay:g}: weight decay would also shrink the "
          "frozen tasks' embeddings (they share one table); set train.weight_decay=0")
+    need(d.pad_to_multiple_of >= 0, f"data.pad_to_multiple_of must be >= 0 (0: no bucketing), got {d.pad_to_multiple_of}")
+    need(bool(t.compile_backend), "train.compile_backend must name a torch.compile backend, e.g. inductor")
+    need(not t.compile or cfg.deepspeed.zero_stage != 3,
+         "train.compile=true works with deepspeed.zero_stage 0-2; ZeRO-3's parameter hooks break the compiled graph "
+         "(see README \"Compiled training\"); use zero_stage=2 or train.compile=false")
     need(t.nonfinite in ("abort", "skip"), f"train.nonfinite must be abort or skip, got {t.nonfinite!r}")
     need(t.max_skipped_steps >= 1, f"train.max_skipped_steps must be >= 1, got {t.max_skipped_steps}")
     need(t.cpu_threads >= 0, f"train.cpu_threads must be >= 0 (0: auto), got {t.cpu_threads}")

@@ -42,10 +42,11 @@ def sharded_construction(ds_config: dict, enabled: bool) -> Iterator[None]:
 
 
 def build_engine(model: HyperscaleModel, ds_config: dict, device: torch.device, *,
-                 sharded: bool = False) -> Any:
+                 sharded: bool = False, compile_backend: Optional[str] = None) -> Any:
     """``deepspeed.initialize`` over ``model``'s trainable parameters, with hyperscale's checkpoint filter
     and ZeRO-3 persistence. ``sharded``: the model was built under :func:`sharded_construction` (already
-    partitioned, not moved)."""
+    partitioned, not moved). ``compile_backend``: compile the module's forward in place with DeepSpeed's
+    ``engine.compile`` (``nn.Module.compile``: parameter names and checkpoints stay those of the eager model)."""
     import deepspeed  # heavy; the package imports without it for export and inference
 
     if not sharded:
@@ -55,7 +56,24 @@ def build_engine(model: HyperscaleModel, ds_config: dict, device: torch.device, 
     _exclude_frozen_aliases(engine)
     if engine.zero_optimization_stage() == 3 and model.bank is not None:
         _persist_bank(engine, model)
+    if compile_backend:
+        engine.compile(backend=compile_backend)
     return engine
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled in this process (Dynamo's own counter)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def eager_context(engine: Any) -> Any:
+    """Evaluation and generation run eagerly even on a compiled engine (new shapes and eval mode would
+    otherwise compile more graphs, for work that runs once per evaluation)."""
+    if getattr(engine, "is_compiled", False):
+        return torch.compiler.set_stance("force_eager")
+    return contextlib.nullcontext()
 
 
 def _exclude_frozen_aliases(engine: Any) -> None:

@@ -67,6 +67,7 @@ from .transfer import check_export_dir, load_for_transfer, restore_fp32_masters,
 
 log0 = hdist.log0
 AUTO_CPU_THREADS_MAX = 2  # measured: benchmarks/NOTES.md (CPU threads)
+COMPILE_BUCKET = 32  # train.compile without data.pad_to_multiple_of: lengths padded to multiples of this
 EXIT_STOPPED = 3  # stopped by a signal after saving a checkpoint (outside SLURM): resume with --resume auto
 
 
@@ -134,7 +135,8 @@ class Recipe:
         if self.universal_resume:
             self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         self._setup_model()
-        self.engine = eng.build_engine(self.model, self.ds_config, self.device, sharded=cfg.deepspeed.build_sharded)
+        self.engine = eng.build_engine(self.model, self.ds_config, self.device, sharded=cfg.deepspeed.build_sharded,
+                                       compile_backend=cfg.train.compile_backend if cfg.train.compile else None)
         if self.transfer_weights is not None:  # before a checkpoint's own masters are loaded
             restore_fp32_masters(self.engine, self.transfer_weights)
             self.transfer_weights = None
@@ -268,7 +270,9 @@ class Recipe:
         hdist.barrier()
         if self.rank != 0:
             self.data = tokenize_splits(splits, self.tokenizer, d.max_source_length, d.max_target_length, cache_dir)
-        self.collate = Seq2SeqCollator(pad_token_id=self.tokenizer.pad_token_id, task_to_id=self.task_to_id)
+        bucket = d.pad_to_multiple_of or (COMPILE_BUCKET if cfg.train.compile else 0)
+        self.collate = Seq2SeqCollator(pad_token_id=self.tokenizer.pad_token_id, task_to_id=self.task_to_id,
+                                       pad_to_multiple_of=bucket or None)
         # the training columns as Python lists: row access through `datasets` costs ~100x more per example
         self.train_columns = {t: columns_as_lists(self.data[t]["train"], ["input_ids", "labels"]) for t in self.tasks}
         sizes = {t: len(self.train_columns[t]["input_ids"]) for t in self.tasks}
@@ -353,7 +357,7 @@ class Recipe:
             undo = None
             for i in range(0, len(examples), mb):
                 batch, task_ids = self._collate(examples[i:i + mb], counts)
-                loss, per_example = eng.forward_loss(self.engine, batch, self.model_task_ids[task_ids])
+                loss, per_example = eng.forward_loss(self.engine, batch, self._model_task_ids(task_ids))
                 self.engine.backward(loss)
                 if measure_grad_norm and self.engine.is_gradient_accumulation_boundary():
                     self.own_grad_norm = self._trainable_grad_norm()
@@ -384,6 +388,8 @@ class Recipe:
                 self.save(is_best=is_best)
         if bar is not None:
             bar.close()
+        if t.compile:
+            log0(f"torch.compile ({t.compile_backend}): {eng.compiled_graphs()} graph(s) compiled in this process")
         return self.results
 
     def _progress_bar(self) -> Any:
@@ -406,6 +412,14 @@ class Recipe:
         on_device = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         on_device["task_index"] = task_ids.to(self.device, non_blocking=True)
         return on_device, task_ids
+
+    def _model_task_ids(self, task_ids: torch.Tensor) -> torch.Tensor:
+        """The model's task ids for a micro-batch (host tensor). Compiled, a single-task micro-batch passes one
+        0-dim id: the compiled graph takes the single-task path without reading ids on the host."""
+        ids = self.model_task_ids[task_ids]
+        if self.cfg.train.compile and bool((ids == ids[0]).all()):
+            return ids[0]
+        return ids
 
     @torch.no_grad()
     def _undo_if_nonfinite(self) -> Optional[Callable[[], None]]:
@@ -559,6 +573,8 @@ class Recipe:
                    "train/samples_per_s": float(w["count"].sum()) / seconds,
                    "train/tokens_per_s": w["tokens"] / seconds,
                    "train/skipped_steps": float(self.state.skipped_steps)}
+        if self.cfg.train.compile:  # bounded by the length buckets: a growing count means recompilation
+            scalars["train/compiled_graphs"] = float(eng.compiled_graphs())
         grad_norm = self._grad_norm()
         if grad_norm is not None:
             scalars["train/grad_norm"] = grad_norm
@@ -589,6 +605,10 @@ class Recipe:
         return False
 
     def evaluate(self, split: str) -> dict:
+        with eng.eager_context(self.engine):
+            return self._evaluate(split)
+
+    def _evaluate(self, split: str) -> dict:
         e = self.cfg.eval
         module = self.engine.module
         was_training = module.training

@@ -99,6 +99,7 @@ class Spec:
     extra: list = field(default_factory=list)
 
 
+COMPILED = ["train.compile=true", "train.compile_backend=aot_eager"]
 RESUME_STEP = 4  # tiny-cpu.yaml checkpoints every 4 of 12 steps
 SPECS: dict[str, Spec] = {
     # the loss falls under every stage, bf16 (the default precision); z2 also runs the task-sync check
@@ -112,6 +113,10 @@ SPECS: dict[str, Spec] = {
     "fp32-z2-resumed": Spec(2, "fp32", resume_of="fp32-z2"),
     "fp32-z0-1p": Spec(0, "fp32", nproc=1),
     "fp32-z0-1p-resumed": Spec(0, "fp32", nproc=1, resume_of="fp32-z0-1p"),
+    # torch.compile (aot_eager: Dynamo and AOTAutograd as inductor sees them, without its minute of codegen)
+    "fp32-z0-1p-compiled": Spec(0, "fp32", nproc=1, extra=COMPILED),
+    "fp32-z2-compiled": Spec(2, "fp32", extra=COMPILED),
+    "fp32-z2-compiled-resumed": Spec(2, "fp32", resume_of="fp32-z2-compiled", extra=COMPILED),
     # ZeRO-3 with the backbone loaded straight into shards; bf16 ZeRO-1 (DeepSpeed's BF16_Optimizer files)
     "fp32-z3-sharded": Spec(3, "fp32", extra=["deepspeed.build_sharded=true"]),
     "bf16-z1": Spec(1, "bf16"),
