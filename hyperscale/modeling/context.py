@@ -4,6 +4,14 @@ Task ids never travel through Hugging Face signatures. ``HyperscaleModel.forward
 generate the weights of every slot once, then run the backbone inside ``adapter_context(...)``;
 the forward hooks read the active context. Outside a context a hook raises instead of silently
 running the bare backbone.
+
+Two stores hold the active context. Eager code uses a ``contextvars.ContextVar`` (per thread and per
+asyncio task). ``torch.compile`` cannot trace ``ContextVar.get``/``set`` (Dynamo breaks the graph at
+every hooked slot), so while Dynamo traces (``torch.compiler.is_compiling()``) ``adapter_context``
+and ``active_context`` use a plain attribute of a module-level object instead: Dynamo traces the
+attribute write and reads as side effects, and the weights reach the hooks as values inside the same
+graph. ``adapter_context`` entered eagerly sets that attribute too, so that a separately compiled
+backbone (``backbone.compile()``) called inside an eager ``adapter_context`` finds its weights.
 """
 from __future__ import annotations
 
@@ -56,14 +64,40 @@ class AdapterContext:
 _ACTIVE: contextvars.ContextVar[Optional[AdapterContext]] = contextvars.ContextVar("hyperscale_adapter_context", default=None)
 
 
+class _TracedStore:
+    """The compile-visible store: a plain attribute, which Dynamo traces (``ContextVar`` it cannot).
+
+    An instance attribute from the start: Dynamo guards on the instance ``__dict__``; a class-level default
+    that the first compiled call then shadowed with an instance attribute would fail that guard once
+    (a recompile on the second step)."""
+
+    def __init__(self) -> None:
+        self.ctx: Optional[AdapterContext] = None
+
+
+_TRACED = _TracedStore()
+
+
 @contextlib.contextmanager
 def adapter_context(ctx: AdapterContext) -> Iterator[AdapterContext]:
+    prev = _TRACED.ctx
+    _TRACED.ctx = ctx
+    if torch.compiler.is_compiling():
+        try:
+            yield ctx
+        finally:
+            _TRACED.ctx = prev
+        return
     token = _ACTIVE.set(ctx)
     try:
         yield ctx
     finally:
         _ACTIVE.reset(token)
+        _TRACED.ctx = prev
 
 
 def active_context() -> Optional[AdapterContext]:
+    """The innermost active context (None outside every ``adapter_context``)."""
+    if torch.compiler.is_compiling():
+        return _TRACED.ctx
     return _ACTIVE.get()

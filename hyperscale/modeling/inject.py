@@ -46,7 +46,8 @@ def _adapter_hook(stack: str, slot: int, eps: float,
                   recompute_context: Callable[[], Optional[AdapterContext]]) -> Callable[..., Any]:
     def hook(module: nn.Module, args: Any, output: Any) -> Any:
         ctx = active_context()
-        if ctx is None and _in_autograd_backward():
+        # compiled: recomputation (checkpointing) happens inside the traced graph, which saw the context
+        if ctx is None and not torch.compiler.is_compiling() and _in_autograd_backward():
             ctx = recompute_context()  # activation checkpointing: recomputation inside backward
         if ctx is None:
             raise RuntimeError(
@@ -71,13 +72,17 @@ class AdapterHooks:
     def __init__(self, backbone: nn.Module):
         self.backbone = backbone
         self._handles: list[tuple[str, RemovableHandle]] = []
+        # a plain bool besides the handles: torch.compile traces the forward's `attached` check, and Dynamo
+        # cannot represent a RemovableHandle made outside the traced frame (reading the list breaks the graph)
+        self._attached = False
 
     def _add(self, module_path: str, handle: RemovableHandle) -> None:
         self._handles.append((module_path, handle))
+        self._attached = True
 
     @property
     def attached(self) -> bool:
-        return bool(self._handles)
+        return self._attached
 
     @property
     def module_paths(self) -> list[str]:
@@ -96,6 +101,7 @@ class AdapterHooks:
         for _, handle in self._handles:
             handle.remove()
         self._handles = []
+        self._attached = False
         setattr(self.backbone, ATTACHED_FLAG, False)
 
     def __enter__(self) -> "AdapterHooks":

@@ -177,6 +177,8 @@ class HyperscaleModel(nn.Module):
         return next(self.bank.parameters()).device if self.bank is not None else next(self.parameters()).device
 
     def build_context(self, task_ids: TaskIds, batch_size: int) -> AdapterContext:
+        if isinstance(task_ids, torch.Tensor) and torch.compiler.is_compiling():
+            return self._traced_context(task_ids, batch_size)
         distinct, example = self.resolve_task_ids(task_ids, batch_size)
         device = self._param_device()
         weights = self.bank(torch.tensor(distinct, dtype=torch.long, device=device))
@@ -185,6 +187,27 @@ class HyperscaleModel(nn.Module):
         # activation checkpointing recomputes the forward during backward, outside the `with` scope
         self._ctx_holder["last"] = ctx if self._checkpointing() else None
         return ctx
+
+    def _traced_context(self, task_ids: torch.Tensor, batch_size: int) -> AdapterContext:
+        """The context under ``torch.compile`` for task ids given as a tensor: no host read of their values.
+
+        Eager code reads the ids (``tolist``) to generate weights for the distinct tasks only, which Dynamo
+        can trace only by breaking the graph and specialising on the values (a recompile per batch
+        composition). Here the decision rests on the shape alone, as eager accepts shapes: one id for the
+        batch (a 0-dim tensor, or one id for a batch of one) -> the ``T == 1`` fast path; one id per example
+        -> weights for every task (T = the number of tasks, a constant) and each example picks its own.
+        Same values as eager (up to rounding); ids are not validated on the host: an out-of-range id fails
+        in ``index_select``. Pass a 0-dim id when the whole batch is one task, to keep the fast path.
+        """
+        device = self._param_device()
+        idx = task_ids.to(device=device, dtype=torch.long)
+        if idx.dim() == 0 or (idx.dim() == 1 and idx.shape[0] == 1 == batch_size):
+            return AdapterContext(weights=self.bank(idx.reshape(1)), example_index=None)
+        if idx.dim() != 1 or idx.shape[0] != batch_size:
+            raise ConfigError(f"got task ids of shape {tuple(idx.shape)} for a batch of {batch_size} examples")
+        every = torch.arange(len(self.config.tasks), dtype=torch.long, device=device)
+        # the compiler traces activation checkpointing's recomputation itself: no context to keep
+        return AdapterContext(weights=self.bank(every), example_index=idx)
 
     def _checkpointing(self) -> bool:
         bb = self.backbone
@@ -225,6 +248,12 @@ class HyperscaleModel(nn.Module):
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         if labels is not None:
             kwargs["labels"] = labels
+        stacks = (self.backbone.encoder, self.backbone.decoder)
+        if ("use_cache" not in kwargs and torch.compiler.is_compiling() and self.training and torch.is_grad_enabled()
+                and any(getattr(m, "gradient_checkpointing", False) for m in stacks)):
+            # what transformers does itself when its stacks checkpoint while training, minus the
+            # logger.warning_once that goes with it, which breaks the graph
+            kwargs["use_cache"] = False
         ctx = self.build_context(task_ids, self._batch_size(input_ids, kwargs))
         with adapter_context(ctx):
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
