@@ -52,6 +52,7 @@ from ..data.tokenization import (
     tokenize_splits,
 )
 from ..errors import CheckpointNotFoundError, ConfigError, HyperscaleError, RunExistsError, TrainingDivergedError
+from ..modeling.compile import prepare_for_compile
 from ..modeling.model import HyperscaleModel, load_backbone
 from . import checkpoint as ckpt
 from . import distributed as hdist
@@ -95,6 +96,7 @@ class Recipe:
         self.ds_config: dict = {}
         self.model: Optional[HyperscaleModel] = None
         self.model_task_ids: Optional[torch.Tensor] = None  # data task index -> model task index
+        self.model_task_ids_device: Optional[torch.Tensor] = None  # the same on the training device
         self.transfer_weights: Optional[dict] = None  # transfer runs: the export's exact fp32 trainable weights
         self.engine: Any = None
         self.logger: Optional[RunLogger] = None
@@ -313,6 +315,7 @@ class Recipe:
                 self.model = HyperscaleModel.from_backbone(backbone, self.tasks, **m.arch_dict())
         # the data's task index -> the model's (they differ when the model knows more tasks than the run trains)
         self.model_task_ids = torch.tensor([self.model.task_index(t) for t in self.tasks])
+        self.model_task_ids_device = self.model_task_ids.to(self.device)
         if m.dropout is not None:
             self.model.backbone.config.dropout_rate = m.dropout
             for mod in self.model.backbone.modules():
@@ -320,6 +323,8 @@ class Recipe:
                     mod.p = m.dropout
         if m.gradient_checkpointing:
             self.model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.cfg.train.compile:  # what transformers adds for reentrant checkpointing breaks the graph
+                prepare_for_compile(self.model)
         if self.cfg.train.precision == "fp16":
             log0("warning: fp16 with T5 overflows easily (inf activations); bf16 is the supported precision")
         report = self.model.parameter_report()
@@ -357,7 +362,7 @@ class Recipe:
             undo = None
             for i in range(0, len(examples), mb):
                 batch, task_ids = self._collate(examples[i:i + mb], counts)
-                loss, per_example = eng.forward_loss(self.engine, batch, self._model_task_ids(task_ids))
+                loss, per_example = eng.forward_loss(self.engine, batch, self._model_task_ids(task_ids, batch))
                 self.engine.backward(loss)
                 if measure_grad_norm and self.engine.is_gradient_accumulation_boundary():
                     self.own_grad_norm = self._trainable_grad_norm()
@@ -413,13 +418,16 @@ class Recipe:
         on_device["task_index"] = task_ids.to(self.device, non_blocking=True)
         return on_device, task_ids
 
-    def _model_task_ids(self, task_ids: torch.Tensor) -> torch.Tensor:
-        """The model's task ids for a micro-batch (host tensor). Compiled, a single-task micro-batch passes one
-        0-dim id: the compiled graph takes the single-task path without reading ids on the host."""
+    def _model_task_ids(self, task_ids: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The model's task ids for a micro-batch. Eager: a host tensor (the model reads it to generate weights
+        for the batch's distinct tasks only). Compiled: a device tensor, never read on the host inside the graph
+        (``HyperscaleModel._traced_context``): one 0-dim id for a single-task micro-batch (the single-task
+        path), else one id per example (weights for every task, picked per example)."""
         ids = self.model_task_ids[task_ids]
-        if self.cfg.train.compile and bool((ids == ids[0]).all()):
-            return ids[0]
-        return ids
+        if not self.cfg.train.compile:
+            return ids
+        on_device = self.model_task_ids_device[batch["task_index"]]
+        return on_device[0] if bool((ids == ids[0]).all()) else on_device
 
     @torch.no_grad()
     def _undo_if_nonfinite(self) -> Optional[Callable[[], None]]:
