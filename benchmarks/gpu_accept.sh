@@ -4,10 +4,10 @@
 # (preset:t5-base, random weights, bf16, the shipped GLUE sample of configs/default.yaml) for 30 steps
 # under ZeRO-2, `--resume auto` on the finished run (must exit 0, train nothing, leave an export), a
 # second resume with train.max_steps=40 (10 more steps), `hyperscale export` + `hyperscale predict` of
-# that ZeRO-2 run, the same train + resumes under ZeRO-3, then the benchmark table (gpu_run.sh) in the
-# time that is left. Phases, in order: install train-z2 resume-finished-z2 resume-extend-z2 export-z2
-# predict-z2 train-z3 resume-finished-z3 resume-extend-z3 bench (export/predict run right after the ZeRO-2
-# phases, before ZeRO-3's slower ones). Each prints exactly one line on stdout, `PASS <phase> (<s> s)`
+# that ZeRO-2 run, the ZeRO-2 train again with train.compile=true, the same train + resumes under ZeRO-3,
+# then the benchmark table (gpu_run.sh) in the time that is left. Phases, in order: install train-z2
+# resume-finished-z2 resume-extend-z2 export-z2 predict-z2 train-compiled-z2 train-z3 resume-finished-z3
+# resume-extend-z3 bench (export/predict run right after the ZeRO-2 phases, before ZeRO-3's slower ones). Each prints exactly one line on stdout, `PASS <phase> (<s> s)`
 # or `FAIL <phase> (<reason>)`; a failed phase does not stop the independent ones after it (a phase
 # whose input is missing fails as "skipped: ..."); the last line is `SUMMARY ...`; exit status 0 only if
 # every phase passed. Logs: $OUT/<phase>.log, $OUT/accept.log, $OUT/results.txt, $OUT/environment.txt,
@@ -32,7 +32,9 @@
 # ACCEPT_DEADLINE (450 s [300]: no phase's process runs past this many seconds after the start; each
 # timeout is cut to the time left, and a phase with under ACCEPT_MIN_PHASE (20 s) left fails as skipped)
 # Per-phase timeouts: ACCEPT_TIMEOUT_INSTALL (120) ACCEPT_TIMEOUT_TRAIN (150) ACCEPT_TIMEOUT_RESUME (120)
-# ACCEPT_TIMEOUT_EXPORT (90) ACCEPT_TIMEOUT_PREDICT (90). ACCEPT_BENCH (1; 0 leaves the bench phase out).
+# ACCEPT_TIMEOUT_EXPORT (90) ACCEPT_TIMEOUT_PREDICT (90) ACCEPT_TIMEOUT_TRAIN_COMPILED (240). ACCEPT_COMPILE
+# (1; 0 leaves train-compiled-z2 out) ACCEPT_COMPILE_BACKEND (inductor [aot_eager: no minute of CPU codegen]).
+# ACCEPT_BENCH (1; 0 leaves the bench phase out).
 # The bench phase runs gpu_run.sh (its own knobs apply) with BENCH_DEADLINE = the time left, and here by
 # default BENCH_BATCHES ("64" [4]) BENCH_XXL (0) BENCH_PROFILE (0) BENCH_EVAL (0) and, in the dry run,
 # BENCH_EXTRA_ARGS ("--threads 1 --only floor,hyperformer++,ds-zero2"). Install: BENCH_WHEELS
@@ -52,7 +54,8 @@ done
 if [ "$DRY" = 1 ]; then
   : "${ACCEPT_BACKBONE:=preset:t5-tiny}" "${ACCEPT_DEVICE:=cpu}" "${ACCEPT_STEPS:=6}" "${ACCEPT_EXTEND:=2}"
   : "${ACCEPT_TASKS:=[rte,cb]}" "${ACCEPT_BATCH:=8}" "${ACCEPT_SRC_LEN:=64}" "${ACCEPT_CKPT_EVERY:=3}" "${ACCEPT_EVAL_N:=8}"
-  : "${ACCEPT_DEADLINE:=300}" "${ACCEPT_PYTHON_DEFAULT:=python}"
+  : "${ACCEPT_DEADLINE:=300}" "${ACCEPT_PYTHON_DEFAULT:=python}" "${ACCEPT_COMPILE_BACKEND:=aot_eager}"
+  : "${BENCH_COMPILE:=0}"
   : "${BENCH_BATCHES=4}" "${BENCH_EXTRA_ARGS=--threads 1 --only floor,hyperformer++,ds-zero2}"
   : "${OUT:=$(mktemp -d /tmp/hyperscale_gpu_accept_dry.XXXX)}"
   export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
@@ -71,6 +74,8 @@ SRC_LEN="${ACCEPT_SRC_LEN:-128}"
 CKPT_EVERY="${ACCEPT_CKPT_EVERY:-15}"
 EVAL_N="${ACCEPT_EVAL_N:-32}"
 DEADLINE="${ACCEPT_DEADLINE:-450}"
+COMPILE="${ACCEPT_COMPILE:-1}"
+COMPILE_BACKEND="${ACCEPT_COMPILE_BACKEND:-inductor}"
 MIN_PHASE="${ACCEPT_MIN_PHASE:-20}"
 KILL_AFTER=10
 WHEELS="${BENCH_WHEELS:-$REPO/benchmarks/wheels}"
@@ -286,6 +291,15 @@ for z in $STAGES; do
     else
       skip predict-z2 "export-z2 failed"
     fi
+    # the same ZeRO-2 run compiled (train.compile=true): the log's "torch.compile (...): N graph(s)" line and
+    # its step times against train-z2's are the first GPU measurement of the compiled trainer
+    if [ "$COMPILE" = 1 ]; then
+      train_cmd 2 "$STEPS"
+      CMD=("${CMD[@]/#output_dir=*/output_dir=$OUT/runs/z2-compiled}" "train.compile=true"
+           "train.compile_backend=$COMPILE_BACKEND")
+      CHECK_STAGE="2-compiled"
+      phase train-compiled-z2 "${ACCEPT_TIMEOUT_TRAIN_COMPILED:-240}" check_train "${CMD[@]}"
+    fi
   fi
 done
 
@@ -301,7 +315,8 @@ if [ "${ACCEPT_BENCH:-1}" = 1 ]; then
   # gpu_run.sh bounds its own processes by BENCH_DEADLINE (from its start); a little is kept for its summary
   phase bench "$LEFT" check_bench env OUT="$OUT/bench" PYTHON="$PY" BENCH_DEADLINE="$(( LEFT - 5 ))" \
       BENCH_BATCHES="${BENCH_BATCHES-64}" BENCH_XXL="${BENCH_XXL:-0}" BENCH_PROFILE="${BENCH_PROFILE:-0}" \
-      BENCH_EVAL="${BENCH_EVAL:-0}" BENCH_EXTRA_ARGS="${BENCH_EXTRA_ARGS:-}" BENCH_WHEELS="$WHEELS" \
+      BENCH_EVAL="${BENCH_EVAL:-0}" BENCH_COMPILE="${BENCH_COMPILE:-$COMPILE}" \
+      BENCH_EXTRA_ARGS="${BENCH_EXTRA_ARGS:-}" BENCH_WHEELS="$WHEELS" \
       BENCH_SITE="$SITE" bash "$REPO/benchmarks/gpu_run.sh" "${BENCH_ARGS[@]}"
   [ -f "$OUT/bench/summary.md" ] && cat "$OUT/bench/summary.md" >&2
 fi

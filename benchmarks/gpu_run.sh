@@ -24,7 +24,8 @@
 #
 # Knobs (environment): BENCH_BACKBONE (t5-base) BENCH_DEVICE (cuda) BENCH_PRECISION (bf16)
 # BENCH_BATCHES ("64 256") BENCH_SRC_LEN (128) BENCH_TGT_LEN (8) BENCH_WARMUP (5) BENCH_STEPS (20)
-# BENCH_EVAL (1) BENCH_EVAL_N (256) BENCH_COMPILE (0: 1 adds the torch.compile floor at the first batch)
+# BENCH_EVAL (1) BENCH_EVAL_N (256) BENCH_COMPILE (1: the compiled rows at the first batch: floor-compiled, hyperformer++-compiled,
+# ds-zero2-compiled, with floor and ds-zero2 again for ratios from the same process; 0 leaves them out)
 # BENCH_AMP (0: 1 adds a --plain-mode amp pass of the plain-loop rows at the first batch)
 # BENCH_PROFILE (1: a last pass at the first batch under torch.profiler: tables in $OUT/profile_bN/)
 # BENCH_EXTRA_ARGS ("") BENCH_TIMEOUT (300 s per benchmark process) PYTHON (python3)
@@ -47,7 +48,7 @@ if [ "$DRY" = 1 ]; then
   : "${BENCH_EXTRA_ARGS:=--threads 1 --eval-train-steps 5 --eval-batch 8}" "${BENCH_PYTHON_DEFAULT:=python}"
   : "${BENCH_XXL:=1}" "${BENCH_XXL_BACKBONE:=t5-v1_1-tiny}" "${BENCH_XXL_BATCH:=8}" "${BENCH_XXL_STEPS:=2}"
   : "${BENCH_XXL_SEARCH_START:=8}" "${BENCH_XXL_CAP:=64}" "${BENCH_XXL_SEARCH_SECONDS:=30}"
-  : "${BENCH_XXL_RESOLUTION:=8}"
+  : "${BENCH_XXL_RESOLUTION:=8}" "${BENCH_COMPILE:=0}"  # inductor's CPU codegen takes minutes on 2 cores
   : "${OUT:=$(mktemp -d /tmp/hyperscale_gpu_run_dry.XXXX)}"
   export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
 fi
@@ -142,8 +143,9 @@ fi
 if [ -n "$FIRST_B" ] && [ "${BENCH_AMP:-0}" = 1 ]; then
   bench "bench_b${FIRST_B}_amp" --batch "$FIRST_B" --plain-mode amp --only floor,hyperformer++,adapters,lora,finetune
 fi
-if [ -n "$FIRST_B" ] && [ "${BENCH_COMPILE:-0}" = 1 ]; then
-  bench "bench_b${FIRST_B}_compiled" --batch "$FIRST_B" --only floor,floor-compiled
+if [ -n "$FIRST_B" ] && [ "${BENCH_COMPILE:-1}" = 1 ]; then
+  bench "bench_b${FIRST_B}_compiled" --batch "$FIRST_B" \
+      --only floor,floor-compiled,hyperformer++-compiled,ds-zero2,ds-zero2-compiled
 fi
 if [ -n "$FIRST_B" ] && [ "${BENCH_PROFILE:-1}" = 1 ]; then
   # a separate process: its steps run under torch.profiler (op and kernel counts per step, top ops);

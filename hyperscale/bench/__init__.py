@@ -18,9 +18,10 @@ random weights from the offline presets), it times training steps of:
     PEFT LoRA r=8 on q and v (skipped with a note when ``peft`` is not importable), plain loop;
 ``finetune``
     full fine-tuning (method ``finetune``), plain loop;
-``floor-compiled`` (opt-in through ``--only``)
+``floor-compiled``, ``hyperformer++-compiled``, ``ds-zeroN-compiled`` (opt-in through ``--only``; ``--compile-backend``)
     the floor with the backbone under ``torch.compile``: the floor every method could reach with
-    compiled kernels.
+    compiled kernels; ``hyperformer++-compiled`` the plain-loop HyperFormer++ compiled in place, and
+    ``ds-zeroN-compiled`` (N = 0-2) the trainer's engine with ``train.compile=true`` (``engine.compile``).
 
 Every step computes the same loss as the trainer (token cross-entropy on fp32 logits, teacher forcing
 with ``decoder_input_ids = shift_right(labels)``), clips gradients at the run config's ``grad_clip``

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.profiler
 
+from ..modeling.compile import prepare_for_compile
 from ..modeling.model import HyperscaleModel, load_backbone
 from ..training import engine as trainer_engine  # used through the module: the trainer's functions, as patched
 from ..training.config import RunConfig
@@ -244,14 +245,26 @@ def _plain_step(model, opt: Optional[_PlainOptimizer], autocast: Callable, batch
     return step
 
 
-def _build_method(s: BenchSettings, batch: dict, method: str) -> _Built:
+def compiled_task_ids(batch: dict, device: Any) -> torch.Tensor:
+    """Task ids as the trainer hands them to a compiled model: on the device, 0-dim for a single-task batch."""
+    ids = batch["task_ids"]
+    same = bool((ids == ids[0]).all())
+    return (ids[0] if same else ids).to(device)
+
+
+def _build_method(s: BenchSettings, batch: dict, method: str, compiled: bool = False) -> _Built:
     model = _hyperscale_model(s, method)
     model.train()
+    if compiled:  # in place, as the trainer's engine.compile does (nn.Module.compile)
+        prepare_for_compile(model)
+        model.compile(backend=s.compile_backend)
+        batch = {**batch, "task_ids": compiled_task_ids(batch, s.device)}
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt, autocast = _prepare_plain(model, trainable, s)
     n_tr, n_tot = _count(model)
     return _Built(_plain_step(model, opt, autocast, batch, model.bank is not None), method, "plain", n_tr, n_tot,
-                  keep=[model, opt], checkpointing=checkpointing_active(model.backbone))
+                  keep=[model, opt], checkpointing=checkpointing_active(model.backbone),
+                  note=f"torch.compile(model, backend={s.compile_backend}), in place" if compiled else "")
 
 
 def _build_lora(s: BenchSettings, batch: dict) -> _Built:
@@ -285,19 +298,23 @@ def bench_run_config(s: BenchSettings, stage: int) -> Any:
     return dataclasses.replace(cfg, train=train, deepspeed=dataclasses.replace(cfg.deepspeed, zero_stage=stage))
 
 
-def _build_deepspeed(s: BenchSettings, batch: dict, stage: int) -> _Built:
+def _build_deepspeed(s: BenchSettings, batch: dict, stage: int, compiled: bool = False) -> _Built:
     """HyperFormer++ under the trainer's own engine (``training.engine.build_engine``: same DeepSpeed config,
     trainable-only parameters, checkpoint filter, ZeRO-3 persistence) and the trainer's loss."""
     ensure_single_process_dist(s.device)
     # built on the device in the compute dtype (--build-dtype auto): the engine's bf16 cast is then a
     # no-op; --build-dtype fp32 hands it an fp32 module, as the trainer does, and the engine casts it
     model = _hyperscale_model(s, "hyperformer++")
-    engine = trainer_engine.build_engine(model, trainer_ds_config(s, stage), torch.device(s.device))
+    if compiled:
+        prepare_for_compile(model)
+    engine = trainer_engine.build_engine(model, trainer_ds_config(s, stage), torch.device(s.device),
+                                         compile_backend=s.compile_backend if compiled else None)
     engine.train()
     forward_loss = trainer_engine.forward_loss
+    task_ids = compiled_task_ids(batch, s.device) if compiled else batch["task_ids"]
 
     def step():
-        loss, _ = forward_loss(engine, batch, batch["task_ids"])
+        loss, _ = forward_loss(engine, batch, task_ids)
         engine.backward(loss)
         engine.step()
         return loss
@@ -308,7 +325,8 @@ def _build_deepspeed(s: BenchSettings, batch: dict, stage: int) -> _Built:
         engine.destroy()
 
     return _Built(step, "hyperformer++", "deepspeed", n_tr, n_tot, zero_stage=stage, cleanup=cleanup,
-                  keep=[model, engine], checkpointing=checkpointing_active(model.backbone))
+                  keep=[model, engine], checkpointing=checkpointing_active(model.backbone),
+                  note=f"engine.compile(backend={s.compile_backend}) (train.compile=true)" if compiled else "")
 
 
 def _build(name: str, s: BenchSettings, batch: dict) -> _Built:
@@ -318,6 +336,10 @@ def _build(name: str, s: BenchSettings, batch: dict) -> _Built:
         return _build_floor(s, batch, compiled=True)
     if name in ("hyperformer++", "adapters", "finetune"):
         return _build_method(s, batch, name)
+    if name == "hyperformer++-compiled":
+        return _build_method(s, batch, "hyperformer++", compiled=True)
+    if name.startswith("ds-zero") and name.endswith("-compiled"):
+        return _build_deepspeed(s, batch, int(name.removeprefix("ds-zero").removesuffix("-compiled")), compiled=True)
     if name == "lora":
         return _build_lora(s, batch)
     if name.startswith("ds-zero"):
@@ -489,7 +511,8 @@ def measure(name: str, s: BenchSettings, batch: dict, profile: bool = True) -> d
     if row["oom"] is None and row["status"] == "ok":
         row["oom"] = False
     if name.startswith("ds-zero") and row["runner"] is None:
-        row.update(method="hyperformer++", runner="deepspeed", zero_stage=int(name.removeprefix("ds-zero")))
+        row.update(method="hyperformer++", runner="deepspeed",
+                   zero_stage=int(name.removeprefix("ds-zero").removesuffix("-compiled")))
     return row
 
 

@@ -11,7 +11,8 @@ import torch
 from ..modeling.presets import PRESETS
 
 ALL_CONFIGS = ("floor", "floor-compiled", "hyperformer++", "ds-zero0", "ds-zero1", "ds-zero2", "ds-zero3",
-               "adapters", "lora", "finetune")
+               "adapters", "lora", "finetune", "hyperformer++-compiled", "ds-zero0-compiled", "ds-zero1-compiled",
+               "ds-zero2-compiled")
 DEFAULT_TASKS = ("rte", "mrpc", "sst2", "cola", "stsb", "cb")
 
 
@@ -37,6 +38,7 @@ class BenchSettings:
     profile_dir: Optional[str] = None
     profile_steps: int = 3
     gradient_checkpointing: bool = False
+    compile_backend: str = "inductor"  # the *-compiled rows (train.compile_backend)
     build_dtype: str = "auto"  # "auto": build in the compute dtype, on the device; "fp32": build fp32, cast
     process_warmup: bool = True
     # largest-batch search (DeepSpeed rows)
@@ -130,6 +132,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         eval=run_eval, eval_task=args.eval_task, eval_n=args.eval_n,
         eval_batch=args.eval_batch, eval_train_steps=args.eval_train_steps,
         gradient_checkpointing=bool(args.gradient_checkpointing), build_dtype=args.build_dtype,
+        compile_backend=args.compile_backend,
         process_warmup=not args.no_process_warmup, max_batch_search=bool(args.max_batch_search),
         max_batch_cap=args.max_batch_cap, search_seconds=args.search_seconds, search_steps=args.search_steps,
         search_resolution=args.search_resolution, fake_mem_limit_mb=args.fake_mem_limit_mb,
@@ -162,6 +165,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (CPU); 1 gives stable numbers on a shared machine")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of the *-compiled rows (default inductor; aot_eager skips code generation)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="HF activation checkpointing (non-reentrant) on the backbone of every row")
     p.add_argument("--build-dtype", choices=("auto", "fp32"), default="auto",
