@@ -10,7 +10,7 @@ import sys
 from typing import Optional
 
 from .errors import run_main
-from .training.config import load_config
+from .training.config import load_config, split_config_arg
 from .training.logging import quiet_known_noise
 from .training.recipe import Recipe, format_results
 
@@ -28,11 +28,7 @@ def build_arg_parser(prog: str = "python -m hyperscale.train") -> argparse.Argum
 
 
 def run(args: argparse.Namespace) -> dict:
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
-        overrides.insert(0, config)
-        config = None
-    cfg = load_config(config, overrides)
+    cfg = load_config(*split_config_arg(args.config, args.overrides))
     recipe = Recipe(cfg, resume=args.resume)
     recipe.setup()
     recipe.train()

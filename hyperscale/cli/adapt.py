@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..experiments import fewshot
-from ..experiments.grid import parse_int_list, run_grid, write_reports
+from ..experiments.grid import parse_int_list, print_reports, run_grid, write_reports
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -47,10 +47,7 @@ def run(args: argparse.Namespace) -> int:
     rows = run_grid(root, spec, args.config, list(args.overrides), cells, lambda c: [c.labels["new_task"]])
     paths = write_reports(root, rows, "k", "training examples per task (k)", "Few-shot transfer", "fewshot.png",
                           x_column="k")
-    if paths:
-        print(paths["markdown"].read_text())
-        for kind, path in paths.items():
-            print(f"{kind:>9}: {path}")
+    print_reports(paths)
     return 0
 
 

@@ -10,8 +10,8 @@ import argparse
 from pathlib import Path
 
 from ..experiments import sweep
-from ..experiments.grid import parse_int_list, run_grid, write_reports
-from ..training.config import load_config
+from ..experiments.grid import parse_int_list, print_reports, run_grid, write_reports
+from ..training.config import load_config, split_config_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,10 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
-        overrides.insert(0, config)
-        config = None
+    config, overrides = split_config_arg(args.config, args.overrides)
     cells = sweep.sweep_cells([m for m in args.methods.split(",") if m], parse_int_list(args.n_train, "--n-train"),
                               args.seeds)
     tasks = list(load_config(config, overrides).data.tasks)
@@ -41,10 +38,7 @@ def run(args: argparse.Namespace) -> int:
     rows = sweep.with_average(run_grid(root, spec, config, overrides, cells, lambda c: tasks))
     paths = write_reports(root, rows, "n_train", "training examples per task (n)", "Low-resource sweep",
                           "low_resource.png", x_column="n")
-    if paths:
-        print(paths["markdown"].read_text())
-        for kind, path in paths.items():
-            print(f"{kind:>9}: {path}")
+    print_reports(paths)
     return 0
 
 

@@ -135,6 +135,15 @@ def write_reports(root: Path, rows: list[dict], x_key: str, x_label: str, title:
     return paths
 
 
+def print_reports(paths: dict) -> None:
+    """The table, then where each report is (rank 0: the only rank with ``paths``)."""
+    if not paths:
+        return
+    print(paths["markdown"].read_text())
+    for kind, path in paths.items():
+        print(f"{kind:>9}: {path}")
+
+
 def parse_int_list(text: str, what: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]

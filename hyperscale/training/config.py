@@ -337,6 +337,15 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
+def split_config_arg(config: Optional[str], overrides: list[str]) -> tuple[Optional[str], list[str]]:
+    """Command lines take ``[CONFIG] [key=value ...]``: a first argument that is an override, not a YAML file,
+    joins the overrides (the config is then the embedded default)."""
+    overrides = list(overrides)
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        return None, [config, *overrides]
+    return config, overrides
+
+
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None) -> RunConfig:
     src = Path(path) if path is not None else DEFAULT_CONFIG
     if not src.is_file():
