@@ -1,5 +1,19 @@
-"""Markers shared by the whole suite."""
+"""Markers and process-wide hygiene shared by the whole suite."""
 import pytest
+import torch
+
+# DeepSpeed's ZeRO-3 (zero.Init, also inside deepspeed.initialize at stage 3) replaces torch.nn.functional.linear
+# with its own autograd Function for the rest of the process ("This will persist unless manually reset"). A
+# process of the product never mixes ZeRO-3 with other work, but this suite does: later tests would trace
+# DeepSpeed's linear (torch.compile's partitioner then fails on it).
+_TORCH_LINEAR = torch.nn.functional.linear
+
+
+@pytest.fixture(autouse=True)
+def _undo_deepspeed_linear_patch():
+    yield
+    if torch.nn.functional.linear is not _TORCH_LINEAR:
+        torch.nn.functional.linear = _TORCH_LINEAR
 
 
 def pytest_configure(config: pytest.Config) -> None:
