@@ -25,6 +25,7 @@ from typing import Any, Optional
 from ..errors import ConfigError, HyperscaleError, RunExistsError
 from ..training import distributed as hdist
 from ..training.config import load_config
+from ..training.ds_config import build_ds_config
 from ..training.recipe import Recipe
 from . import report
 
@@ -84,9 +85,10 @@ def run_grid(root: Path, spec: dict, config: Optional[str], overrides: list[str]
     """Run every unfinished cell, then return one row per (cell, task): the cell's labels plus ``task``,
     ``metric`` (the test score) and ``dir``. ``tasks_of(cell)`` names the tasks a cell reports."""
     root = Path(root)
-    for cell in cells:  # every override is checked before anything runs
-        load_config(config, [*overrides, *cell.overrides, f"output_dir={root / cell.name}"])
+    configs = [load_config(config, [*overrides, *cell.overrides, f"output_dir={root / cell.name}"]) for cell in cells]
     info = hdist.init(load_config(config, overrides).distributed.timeout_s)
+    for cfg in configs:  # every cell's settings are checked, for this number of ranks, before anything runs
+        build_ds_config(cfg, info.world_size)
     error = None
     if info.rank == 0:
         try:

@@ -196,3 +196,15 @@ def test_adapt_under_two_ranks_in_bf16_keeps_held_weights_bit_identical(sources,
     assert [n for n in before if n != "bank.task_embeddings" and not torch.equal(before[n], after[n])] == []
     assert torch.equal(after["bank.task_embeddings"][:2], before["bank.task_embeddings"])
     assert not torch.equal(after["bank.task_embeddings"][2], before["bank.task_embeddings"].mean(0))
+
+
+def test_a_grid_that_does_not_fit_the_ranks_is_refused_before_any_run(sources, tmp_path):
+    out = tmp_path / "exp"
+    log = tmp_path / "log"
+    proc = launch(["-m", "hyperscale.cli"], ["adapt", str(sources["hyperformer++"]), "--tasks", "cb", "--k", "8",
+                                             "--seeds", "1", "--train", "embedding", "--out", str(out),
+                                             "--config", str(TINY), "train.micro_batch_size=8"], 2, log)
+    text = log.read_text()
+    assert proc.returncode != 0 and "not divisible by micro_batch_size x world size = 8 x 2" in text, text[-3000:]
+    assert "cell 1/1" not in text and not out.exists()  # nothing written
+
