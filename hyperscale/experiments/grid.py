@@ -98,11 +98,10 @@ def run_grid(root: Path, spec: dict, config: Optional[str], overrides: list[str]
     if hdist.any_rank(error is not None):
         raise error if error is not None else HyperscaleError("rank 0 refused the experiment directory")
     done = hdist.all_gather_object([(root / c.name / RESULTS_JSON).is_file() for c in cells])[0]
-    todo = [c for c, d in zip(cells, done) if not d]
+    todo = [(c, cfg) for c, cfg, d in zip(cells, configs, done) if not d]
     hdist.log0(f"experiment {root}: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run")
-    for k, cell in enumerate(todo, 1):
+    for k, (cell, cfg) in enumerate(todo, 1):
         hdist.log0(f"cell {k}/{len(todo)}: {cell.name}")
-        cfg = load_config(config, [*overrides, *cell.overrides, f"output_dir={root / cell.name}"])
         recipe = Recipe(cfg, resume="auto")
         recipe.setup()
         recipe.train()

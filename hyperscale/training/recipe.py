@@ -306,7 +306,8 @@ class Recipe:
                 raise ConfigError("transfer.from_export loads the export's model whole on each rank; set "
                                   "deepspeed.build_sharded=false")
             self.model = load_for_transfer(self.cfg.transfer, m, self.tasks)
-            self.transfer_weights = trainable_fp32(self.model)  # exact, before the engine casts to bf16
+            if self.cfg.train.precision != "fp32":  # exact, before the engine casts to bf16/fp16 (fp32: nothing to keep)
+                self.transfer_weights = trainable_fp32(self.model)
             backbone = self.model.config.backbone_id
         else:
             backbone = self._resolve_backbone()
