@@ -306,7 +306,7 @@ class Recipe:
                 raise ConfigError("transfer.from_export loads the export's model whole on each rank; set "
                                   "deepspeed.build_sharded=false")
             self.model = load_for_transfer(self.cfg.transfer, m, self.tasks)
-            if self.cfg.train.precision != "fp32":  # exact, before the engine casts to bf16/fp16 (fp32: nothing to keep)
+            if self.cfg.train.precision != "fp32":  # exact, before the engine casts them to bf16/fp16
                 self.transfer_weights = trainable_fp32(self.model)
             backbone = self.model.config.backbone_id
         else:
