@@ -4,14 +4,17 @@
 # (preset:t5-base, random weights, bf16, the shipped GLUE sample of configs/default.yaml) for 30 steps
 # under ZeRO-2, `--resume auto` on the finished run (must exit 0, train nothing, leave an export), a
 # second resume with train.max_steps=40 (10 more steps), `hyperscale export` + `hyperscale predict` of
-# that ZeRO-2 run, the ZeRO-2 train again with train.compile=true, the same train + resumes under ZeRO-3,
-# then the benchmark table (gpu_run.sh) in the time that is left. Phases, in order: install train-z2
-# resume-finished-z2 resume-extend-z2 export-z2 predict-z2 train-compiled-z2 train-z3 resume-finished-z3
-# resume-extend-z3 bench (export/predict run right after the ZeRO-2 phases, before ZeRO-3's slower ones). Each prints exactly one line on stdout, `PASS <phase> (<s> s)`
-# or `FAIL <phase> (<reason>)`; a failed phase does not stop the independent ones after it (a phase
-# whose input is missing fails as "skipped: ..."); the last line is `SUMMARY ...`; exit status 0 only if
-# every phase passed. Logs: $OUT/<phase>.log, $OUT/accept.log, $OUT/results.txt, $OUT/environment.txt,
-# the runs under $OUT/runs/, the benchmark's files under $OUT/bench/ (the device tool brings $OUT back).
+# that ZeRO-2 run, `hyperscale eval` of that export on the GPU (its test scores must equal the run's
+# results.json exactly), the ZeRO-2 train again with train.compile=true, the same train + resumes under
+# ZeRO-3, then the benchmark table (gpu_run.sh) in the time that is left. Phases, in order: install train-z2
+# resume-finished-z2 resume-extend-z2 export-z2 predict-z2 eval-gpu-z2 train-compiled-z2 train-z3
+# resume-finished-z3 resume-extend-z3 bench (export/predict/eval run right after the ZeRO-2 phases, before
+# ZeRO-3's slower ones; predict and eval run with --device ACCEPT_DEVICE). Each prints exactly one line on
+# stdout, `PASS <phase> (<s> s)` or `FAIL <phase> (<reason>)`; a failed phase does not stop the independent
+# ones after it (a phase whose input is missing fails as "skipped: ..."); the last line is `SUMMARY ...`;
+# exit status 0 only if every phase passed. Logs: $OUT/<phase>.log, $OUT/accept.log, $OUT/results.txt,
+# $OUT/environment.txt, $OUT/eval-gpu-z2.json (the eval's scores), the runs under $OUT/runs/, the
+# benchmark's files under $OUT/bench/ (the device tool brings $OUT back).
 #
 # On the GPU machine (python3.12, torch+CUDA, transformers, peft; no deepspeed, no network), through the
 # device tool, from the repository root, with the wheels carried (benchmarks/fetch_wheels.sh builds them):
@@ -32,7 +35,8 @@
 # ACCEPT_DEADLINE (450 s [300]: no phase's process runs past this many seconds after the start; each
 # timeout is cut to the time left, and a phase with under ACCEPT_MIN_PHASE (20 s) left fails as skipped)
 # Per-phase timeouts: ACCEPT_TIMEOUT_INSTALL (120) ACCEPT_TIMEOUT_TRAIN (150) ACCEPT_TIMEOUT_RESUME (120)
-# ACCEPT_TIMEOUT_EXPORT (90) ACCEPT_TIMEOUT_PREDICT (90) ACCEPT_TIMEOUT_TRAIN_COMPILED (240). ACCEPT_COMPILE
+# ACCEPT_TIMEOUT_EXPORT (90) ACCEPT_TIMEOUT_PREDICT (90) ACCEPT_TIMEOUT_EVAL (90)
+# ACCEPT_TIMEOUT_TRAIN_COMPILED (240). ACCEPT_COMPILE
 # (1; 0 leaves train-compiled-z2 out) ACCEPT_COMPILE_BACKEND (inductor [aot_eager: no minute of CPU codegen]).
 # ACCEPT_BENCH (1; 0 leaves the bench phase out).
 # The bench phase runs gpu_run.sh (its own knobs apply) with BENCH_DEADLINE = the time left, and here by
@@ -87,7 +91,8 @@ TEXT="sentence1: A man is playing a guitar on the stage. sentence2: Someone is p
 
 mkdir -p "$OUT"
 # this script's own outputs only (a second call on a warm machine starts clean; nothing else in $OUT is touched)
-rm -rf "$OUT/runs" "$OUT/export-z2" "$OUT/bench" "$OUT"/*.log "$OUT/results.txt" "$OUT/environment.txt"
+rm -rf "$OUT/runs" "$OUT/export-z2" "$OUT/bench" "$OUT"/*.log "$OUT/results.txt" "$OUT/environment.txt" \
+       "$OUT/eval-gpu-z2.json"
 LOG="$OUT/accept.log"
 log() { echo "[gpu_accept $(date +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
 . "$REPO/benchmarks/install_wheels.sh"  # install_wheels, print_environment
@@ -271,8 +276,18 @@ check_predict() {
   grep -qE $'^RANK [01]\t' "$OUT/$1.log" || echo "rank mode gave no rte label: $(grep '^RANK' "$OUT/$1.log" | head -n1)"
 }
 predict_both() {  # the README's command (generate), then rank classification (always a valid label)
-  "$PY" -m hyperscale.cli predict "$OUT/export-z2" --task rte "$TEXT" || return
-  "$PY" -m hyperscale.cli predict "$OUT/export-z2" --task rte --mode rank "$TEXT" | sed 's/^/RANK /'
+  "$PY" -m hyperscale.cli predict "$OUT/export-z2" --device "$DEVICE" --task rte "$TEXT" || return
+  "$PY" -m hyperscale.cli predict "$OUT/export-z2" --device "$DEVICE" --task rte --mode rank "$TEXT" | sed 's/^/RANK /'
+}
+eval_export() {  # the export's test scores, as JSON, into eval-gpu-z2.json (the log keeps stderr)
+  "$PY" -m hyperscale.cli eval "$OUT/export-z2" --device "$DEVICE" --json > "$OUT/eval-gpu-z2.json"
+}
+check_eval() {  # every metric of every task equal to the run's own results.json (same step)
+  "$PY" -c 'import json, sys
+e, r = (json.load(open(f))["test"] for f in sys.argv[1:])
+print("" if (e["step"], e["tasks"]) == (r["step"], r["tasks"]) else
+      "differs from results.json: eval step %s %s, run step %s %s" % (e["step"], e["tasks"], r["step"], r["tasks"]))' \
+      "$OUT/eval-gpu-z2.json" "$OUT/runs/z2/results.json" 2>&1 | tail -n 1 | cut -c1-220
 }
 
 for z in $STAGES; do
@@ -285,11 +300,13 @@ for z in $STAGES; do
       skip export-z2 "no ZeRO-2 checkpoint"
     fi
     if passed export-z2; then
-      export -f predict_both
-      export PY TEXT OUT
+      export -f predict_both eval_export
+      export PY TEXT OUT DEVICE
       phase predict-z2 "${ACCEPT_TIMEOUT_PREDICT:-90}" check_predict bash -o pipefail -c predict_both
+      phase eval-gpu-z2 "${ACCEPT_TIMEOUT_EVAL:-90}" check_eval bash -c eval_export
     else
       skip predict-z2 "export-z2 failed"
+      skip eval-gpu-z2 "export-z2 failed"
     fi
     # the same ZeRO-2 run compiled (train.compile=true): the log's "torch.compile (...): N graph(s)" line and
     # its step times against train-z2's are the first GPU measurement of the compiled trainer

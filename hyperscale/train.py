@@ -11,6 +11,7 @@ from typing import Optional
 
 from .errors import run_main
 from .training.config import load_config, split_config_arg
+from .training.host_memory import return_large_blocks_eagerly
 from .training.logging import quiet_known_noise
 from .training.recipe import Recipe, format_results
 
@@ -39,6 +40,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     # intermixed: overrides may come after --resume (`... --resume auto train.max_steps=2000`)
     args = build_arg_parser().parse_intermixed_args(argv)
     quiet_known_noise()
+    return_large_blocks_eagerly()
     return run_main(lambda: run(args) and 0)
 
 

@@ -120,11 +120,14 @@ def test_subcommand_help(sub: str, capsys):
 
 def test_predict_flags_a_regression_output_that_is_not_a_number(export_dir: Path, monkeypatch, capsys):
     """stsb predictions the model did not write as numbers are shown raw and flagged, never as an empty column."""
+    import torch
+
     from hyperscale.cli import main, predict
 
     monkeypatch.setattr(predict, "predict_task", lambda *a, **kw: ["", "3.4"])
-    monkeypatch.setattr(predict, "load_export", lambda path, backbone: (type("M", (), {
-        "bank": None, "config": type("C", (), {"method": "hyperformer++"})()})(), None))
+    monkeypatch.setattr(predict, "load_export", lambda path, backbone, **kw: (type("M", (), {
+        "bank": None, "config": type("C", (), {"method": "hyperformer++"})(),
+        "parameters": lambda self: iter([torch.zeros(1)])})(), None))
     assert main(["predict", str(export_dir), "--task", "stsb", "sentence1: a sentence2: b",
                  "sentence1: c sentence2: d"]) == 0
     out = capsys.readouterr().out.splitlines()

@@ -1,52 +1,100 @@
-"""``hyperscale eval EXPORT [--tasks rte,cb] [--split test]``: evaluate an export on tasks' validation or test
-splits (the split protocol of training), on the CPU, without DeepSpeed."""
+"""``hyperscale eval EXPORT [--tasks rte,cb] [--split test] [--device auto]``: evaluate an export on tasks'
+validation or test splits, without DeepSpeed, on a GPU when there is one.
+
+Every setting left out is the one the trainer evaluated with (``export.json``'s ``evaluation``, from the run's
+config: data, split seed, n_val/n_test, STS-B grid, source length, mode, batch size, examples per task, precision),
+so that the scores are the run's ``results.json``. An export without that record (``save_pretrained``, or written
+before it existed) falls back to fixed defaults, with a note."""
 from __future__ import annotations
 
 import argparse
 import json
-
-import torch
+import sys
 
 from ..data.loading import load_multitask_splits
 from ..data.metrics import average_metrics, compute_task_metrics
-from ..data.tasks import get_task
+from ..data.tasks import DEFAULT_STSB_GRID, get_task
+from ..errors import ConfigError
 from ..training.evaluate import predict_task
-from ..training.export import load_export
+from ..training.export import inference_device, load_export, read_export_info
 from ..training.recipe import format_results
+
+# settings of an export that records none (flag -> value): what this command used before exports recorded them
+FALLBACK = {"data_dir": "sample", "split_seed": 42, "max_source_length": 512, "mode": "rank", "batch_size": 32}
+
+
+def _recorded(key: str) -> str:
+    return f"(default: the run's {key}, from export.json)"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate an export on tasks' validation or test splits")
     p.add_argument("export")
-    p.add_argument("--tasks", default=None, help="comma-separated (default: the export's tasks)")
-    p.add_argument("--data-dir", default="sample", help="'sample' (shipped), 'hub', or a GLUE-layout directory")
+    p.add_argument("--tasks", default=None, help="comma-separated (default: the tasks the run evaluated, else the "
+                                                 "export's tasks)")
+    p.add_argument("--data-dir", default=None,
+                   help="'sample' (shipped), 'hub', or a GLUE-layout directory " + _recorded("data.data_dir"))
     p.add_argument("--split", choices=("validation", "test"), default="test")
-    p.add_argument("--mode", choices=("rank", "generate"), default="rank")
-    p.add_argument("--n", type=int, default=None, help="evaluate only the first N examples per task")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=42, help="split seed (must match training's data.split_seed)")
+    p.add_argument("--mode", choices=("rank", "generate"), default=None, help=_recorded("eval.mode"))
+    p.add_argument("--n", type=int, default=None,
+                   help="evaluate only the first N examples per task (default: the run's eval.max_examples; all)")
+    p.add_argument("--batch-size", type=int, default=None, help=_recorded("eval.batch_size"))
+    p.add_argument("--seed", type=int, default=None, help="split seed " + _recorded("data.split_seed"))
+    p.add_argument("--max-source-length", type=int, default=None, help=_recorded("data.max_source_length"))
+    p.add_argument("--device", default="auto",
+                   help="auto (a GPU when CUDA sees one, else the CPU), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto: the run's train.precision (its scores), else bf16 on a GPU and fp32 on the CPU")
     p.add_argument("--backbone", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
     return p
 
 
+def _check_positive(flag: str, value, hint: str = "") -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"{flag} must be at least 1{hint}, got {value}")
+
+
 def run(args: argparse.Namespace) -> int:
-    model, tokenizer = load_export(args.export, args.backbone)
-    tasks = args.tasks.split(",") if args.tasks else model.tasks
-    splits = load_multitask_splits(tasks, None if args.data_dir == "sample" else args.data_dir, seed=args.seed,
+    _check_positive("--batch-size", args.batch_size)
+    _check_positive("--n", args.n, " (leave it out for every example)")
+    _check_positive("--max-source-length", args.max_source_length)
+    device = inference_device(args.device)  # a GPU asked for and not there: said before anything else
+    info = read_export_info(args.export) or {}
+    rec = info.get("evaluation") or {}
+    given = {"data_dir": args.data_dir, "split_seed": args.seed, "max_source_length": args.max_source_length,
+             "mode": args.mode, "batch_size": args.batch_size}
+    unrecorded = [k for k, v in given.items() if v is None and k not in rec]
+    if unrecorded:
+        print(f"note: {args.export} records no evaluation settings (export.json); using "
+              + ", ".join(f"{k}={FALLBACK[k]}" for k in unrecorded), file=sys.stderr)
+    s = {k: v if v is not None else rec.get(k, FALLBACK[k]) for k, v in given.items()}
+    n = args.n if args.n is not None else rec.get("max_examples")
+
+    model, tokenizer = load_export(args.export, args.backbone, device=device,
+                                   dtype=args.dtype if args.dtype != "auto" else rec.get("precision"))
+    tasks = args.tasks.split(",") if args.tasks else rec.get("tasks") or model.tasks
+    splits = load_multitask_splits(tasks, None if s["data_dir"] == "sample" else s["data_dir"], seed=s["split_seed"],
+                                   n_val=rec.get("n_val"), n_test=rec.get("n_test"),
+                                   stsb_grid=rec.get("stsb_grid", DEFAULT_STSB_GRID),
                                    add_prefix=model.config.method == "finetune")
+    inputs_to = next(model.parameters()).device  # the model's device (the first GPU of one spread over several)
     per_task = {}
     for task in tasks:
         ds = splits[task][args.split]
-        if args.n is not None:
-            ds = ds.select(range(min(args.n, len(ds))))
+        if n is not None:
+            ds = ds.select(range(min(n, len(ds))))
         spec = get_task(task)
         labels = None if spec.is_regression else list(spec.label_strings())
-        preds = predict_task(model, tokenizer, task, ds["source"], mode=args.mode, label_strings=labels,
-                             max_target_tokens=spec.max_target_length + 1, batch_size=args.batch_size,
-                             device=torch.device("cpu"), max_source_length=512)
+        preds = predict_task(model, tokenizer, task, ds["source"], mode=s["mode"], label_strings=labels,
+                             max_target_tokens=spec.max_target_length + 1, batch_size=s["batch_size"],
+                             device=inputs_to, max_source_length=s["max_source_length"])
         per_task[task] = compute_task_metrics(task, preds, ds["target"])
-    result = {args.split: {"step": "export", "tasks": per_task, "average": average_metrics(per_task)}}
-    print(json.dumps(result, indent=2) if args.json else format_results(result))
+    result = {args.split: {"step": info.get("step"), "tasks": per_task, "average": average_metrics(per_task)}}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:  # a save_pretrained directory records no step
+        print(format_results({k: {**v, "step": v["step"] if v["step"] is not None else "unknown"}
+                              for k, v in result.items()}))
     return 0

@@ -1,13 +1,14 @@
-"""``hyperscale predict EXPORT --task rte TEXT ...``: predictions of an export, on the CPU, without DeepSpeed."""
+"""``hyperscale predict EXPORT --task rte TEXT ...``: predictions of an export, without DeepSpeed, on a GPU when
+there is one; sources are cut at the run's ``data.max_source_length`` and the model computes in the run's precision
+(``export.json``), as the trainer's evaluation did."""
 from __future__ import annotations
 
 import argparse
 
-import torch
-
 from ..data.tasks import get_task
 from ..training.evaluate import predict_task
-from ..training.export import load_export
+from ..training.export import load_export, read_export_info
+from .eval import FALLBACK
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -18,12 +19,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("generate", "rank"), default="generate")
     p.add_argument("--backbone", default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--device", default="auto",
+                   help="auto (a GPU when CUDA sees one, else the CPU), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto: the run's train.precision (export.json), else bf16 on a GPU and fp32 on the CPU")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    model, tokenizer = load_export(args.export, args.backbone)
+    rec = (read_export_info(args.export) or {}).get("evaluation") or {}
+    model, tokenizer = load_export(args.export, args.backbone, device=args.device,
+                                   dtype=args.dtype if args.dtype != "auto" else rec.get("precision"))
     spec = get_task(args.task)
     if model.bank is not None:
         model.task_index(args.task)  # an unknown task fails here, listing the model's tasks
@@ -33,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     labels = None if spec.is_regression else list(spec.label_strings())
     preds = predict_task(model, tokenizer, args.task, texts, mode=args.mode, label_strings=labels,
                          max_target_tokens=args.max_new_tokens or spec.max_target_length + 1, batch_size=32,
-                         device=torch.device("cpu"), max_source_length=512)
+                         device=next(model.parameters()).device,
+                         max_source_length=rec.get("max_source_length", FALLBACK["max_source_length"]))
     for text, pred in zip(args.texts, preds):
         if spec.is_regression and not _is_number(pred):  # shown raw and flagged, never an empty column
             print(f"{pred!r}\t(not a number: the output cannot be read as a score)\t{text}")

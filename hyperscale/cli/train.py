@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .. import train as entry
+from ..training.host_memory import return_large_blocks_eagerly
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -20,5 +21,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
+    return_large_blocks_eagerly()  # a training process: freed weights go back to the OS (training/host_memory.py)
     entry.run(args)
     return 0

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..modeling.io import cache_root
 from .errors import DataError
 from .loading import TaskSplits, columns_as_lists
 
@@ -118,9 +119,7 @@ def default_tokenizer():
 
 def default_cache_dir() -> Path:
     """``$HYPERSCALE_CACHE/tokenized`` or ``~/.cache/hyperscale/tokenized``."""
-    root = os.environ.get("HYPERSCALE_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "hyperscale")
-    return Path(root) / "tokenized"
+    return cache_root() / "tokenized"
 
 
 def _encode_batch(batch: Mapping, tokenizer, max_source_length: int,

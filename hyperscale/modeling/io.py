@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -30,6 +31,11 @@ from .presets import preset_config, preset_ties_head, untie_lm_head
 WEIGHTS_NAME = "model.safetensors"
 
 PathLike = Union[str, os.PathLike]
+
+
+def cache_root() -> Path:
+    """Where hyperscale keeps its caches: ``$HYPERSCALE_CACHE`` or ``~/.cache/hyperscale``."""
+    return Path(os.environ.get("HYPERSCALE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hyperscale"))
 
 
 def load_backbone(backbone: Any, torch_dtype: Optional[torch.dtype] = None) -> tuple[nn.Module, str]:
@@ -75,30 +81,209 @@ def load_backbone(backbone: Any, torch_dtype: Optional[torch.dtype] = None) -> t
 
 
 # ---------------------------------------------------------------------------------------- backbone hash
-def backbone_hash(params: Iterable[tuple[str, torch.Tensor]], max_elems: int = 1 << 20) -> Optional[str]:
+HASH_MAX_ELEMS = 1 << 20  # larger tensors are hashed on a strided sample plus their sum
+HASH_VERSION = 3  # of the digest's definition: part of the file-hash cache's key
+
+
+def backbone_hash(params: Iterable[tuple[str, torch.Tensor]], max_elems: int = HASH_MAX_ELEMS) -> Optional[str]:
     """A fingerprint of (frozen) backbone weights, stable across fp32/bf16 loading.
 
     Values are rounded to bf16 before hashing. Tensors above ``max_elems`` elements are hashed on a
-    deterministic strided sample plus their fp64 sum (a full pass would take minutes for 11B).
-    Returns None for meta or ZeRO-3-partitioned tensors, which hold no values here.
+    deterministic strided sample plus the fp64 sum of all their bf16-rounded values (a full pass over the bytes
+    would take minutes for 11B). Returns None for meta or ZeRO-3-partitioned tensors, which hold no values here:
+    :func:`backbone_file_hash` computes the same digest from the checkpoint files instead.
     """
     h = hashlib.sha256()
     for name, p in sorted(params, key=lambda kv: kv[0]):
         if p.is_meta or (hasattr(p, "ds_numel") and p.numel() != getattr(p, "ds_numel")):
             return None
-        t = p.detach().reshape(-1)
-        h.update(f"{name}:{tuple(p.shape)}".encode())
-        if t.numel() > max_elems:
-            step = t.numel() // max_elems
-            h.update(repr(round(t.double().sum().item(), 2)).encode())
-            t = t[::step]
-        h.update(t.to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
+        _hash_tensor(h, name, tuple(p.shape), [p.detach()])
     return h.hexdigest()
 
 
+HASH_BLOCK = 1 << 16  # elements per block of the sum; also the most a file hash reads at a time (whole rows)
+
+
+def _hash_tensor(h: Any, name: str, shape: tuple, chunks: Iterable[torch.Tensor], max_elems: int = HASH_MAX_ELEMS) -> None:
+    """One tensor's contribution to :func:`backbone_hash`, from its flattened values in consecutive ``chunks`` whose
+    boundaries fall on multiples of ``HASH_BLOCK`` (a whole tensor from a module, pieces from a file): its name and
+    shape, above ``max_elems`` elements the exact sum of its bf16 values (``math.fsum`` of each block's fp64 sum,
+    so any chunking gives the same digest), and a digest of the bf16 bytes of its elements at multiples of
+    ``numel // max_elems``, fed chunk by chunk."""
+    numel = math.prod(shape)
+    step = max(1, numel // max_elems)
+    sums: list[float] = []
+    sample = hashlib.sha256()
+    offset = 0
+    for chunk in chunks:
+        t = chunk.reshape(-1).to(torch.bfloat16)
+        if numel > max_elems:
+            full = t.numel() // HASH_BLOCK * HASH_BLOCK
+            sums += t[:full].view(-1, HASH_BLOCK).sum(1, dtype=torch.float64).tolist()
+            if full < t.numel():
+                sums.append(t[full:].sum(dtype=torch.float64).item())
+        sample.update(t[(-offset) % step::step].view(torch.int16).cpu().numpy().tobytes())
+        offset += chunk.numel()
+    h.update(f"{name}:{tuple(shape)}".encode())
+    if numel > max_elems:
+        h.update(repr(round(math.fsum(sums), 2)).encode())
+    h.update(sample.digest())
+
+
+def read_flat_range(path: Path, key: str, shape: list[int], start: int, end: int) -> torch.Tensor:
+    """Elements ``start:end`` of a safetensors file's weight flattened, reading only the rows that hold them (the
+    file is mapped for this read only)."""
+    from safetensors import safe_open
+
+    row = math.prod(shape[1:]) if len(shape) > 1 else 1
+    first, last = start // row, -(-end // row)
+    with safe_open(str(path), framework="pt") as f:
+        rows = f.get_slice(key)[first:last].reshape(-1)
+    return rows[start - first * row:end - first * row].clone()
+
+
+def file_shape(path: Path, key: str) -> list[int]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.get_slice(key).get_shape())
+
+
+def _file_chunks(path: Path, key: str) -> tuple[list[int], Iterator[torch.Tensor]]:
+    """A stored weight's shape and its flattened values in pieces on ``HASH_BLOCK`` boundaries (read as the whole
+    rows that hold them), never a weight of more than ``HASH_BLOCK`` elements at once (``.bin`` files are
+    memory-mapped whole)."""
+    if path.suffix != ".safetensors":
+        t = _read_tensor(path, key)
+        return list(t.shape), iter([t])
+    shape = file_shape(path, key)
+    numel = math.prod(shape)
+    # pieces of up to 15 blocks (about 4 MB of fp32), and at most half of the weight: never all of it at once
+    step = max(HASH_BLOCK, min(15 * HASH_BLOCK, numel // 2 // HASH_BLOCK * HASH_BLOCK))
+    return shape, (read_flat_range(path, key, shape, a, min(a + step, numel)) for a in range(0, numel, step))
+
+
+def backbone_file_hash(directory: PathLike, names: dict[str, list[str]]) -> str:
+    """:func:`backbone_hash` of a backbone saved in ``directory``, read one tensor at a time from its files: the
+    backbone is never built (an 11B checkpoint hashes in the memory of its largest tensor).
+
+    ``names``: each name to hash (:func:`hash_names`) -> the other names its tensor may be stored under (tied
+    aliases: T5's ``shared`` / ``encoder.embed_tokens`` / ``lm_head``): a name the files hold is read as stored,
+    one they do not from the first alias they hold (as loading ties them). Reads safetensors
+    (sharded or not) or, failing that, ``pytorch_model*.bin`` (memory-mapped). The digest is cached per
+    directory in ``$HYPERSCALE_CACHE/backbone_hash`` keyed by the files' names, sizes and modification times
+    and by the names hashed."""
+    d = Path(directory)
+    where = weight_files(d)
+    files = sorted(set(where.values()))
+    key = hashlib.sha256(json.dumps([HASH_VERSION, str(d.resolve()), sorted(names), [
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]]).encode()).hexdigest()
+    cache = cache_root() / "backbone_hash" / f"{key}.json"
+    try:
+        return json.loads(cache.read_text())["hash"]
+    except (OSError, ValueError, KeyError):
+        pass
+    h = hashlib.sha256()
+    for name in sorted(names):
+        stored = next((a for a in [name, *names[name]] if a in where), None)
+        if stored is None:
+            raise CheckpointError(f"backbone directory {d} has no weight {name!r}; is it the backbone the model "
+                                  "was built from?")
+        shape, chunks = _file_chunks(where[stored], stored)
+        _hash_tensor(h, name, tuple(shape), chunks)
+    digest = h.hexdigest()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"hash": digest, "directory": str(d.resolve())}))
+        os.replace(tmp, cache)
+    except OSError:  # a read-only cache: the digest is still right
+        pass
+    return digest
+
+
+BACKBONE_FILES = ["*.json", "*.safetensors", "*.model", "*.txt"]  # what a backbone's hub repository is fetched for
+
+
+def local_backbone_dir(spec: Any, download: bool = False) -> Optional[Path]:
+    """The directory a backbone's files are in: ``spec`` itself when it is a directory, the snapshot of a hub id in
+    the Hugging Face cache; with ``download``, a hub id not in the cache is fetched first (its config, safetensors
+    weights and tokenizer files only; the hub must answer). None for a preset, an in-memory model, or an uncached
+    hub id without ``download``."""
+    if not isinstance(spec, (str, os.PathLike)) or str(spec).startswith("preset:"):
+        return None
+    if os.path.isdir(spec):
+        return Path(spec)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(spec), local_files_only=True, allow_patterns=BACKBONE_FILES))
+    except Exception:  # not cached (or not a hub id)
+        if not download:
+            return None
+    hub.require(f"backbone {spec!r}", "use a local copy (a save_pretrained directory) or preset:NAME (random weights)")
+    try:
+        return Path(snapshot_download(str(spec), allow_patterns=BACKBONE_FILES))
+    except Exception as e:
+        raise ConfigError(f"cannot fetch backbone {spec!r} from the Hugging Face hub ({str(e).splitlines()[0]}); "
+                          "check the id, or use a local copy or preset:NAME") from None
+
+
+def weight_files(directory: PathLike) -> dict[str, Path]:
+    """Every weight name a backbone directory stores -> the file holding it (safetensors, sharded or not, or
+    ``pytorch_model*.bin``), without reading any weight."""
+    d = Path(directory)
+    files = sorted(d.glob("*.safetensors")) or sorted(d.glob("pytorch_model*.bin"))
+    if not files:
+        raise CheckpointError(f"backbone directory {d} holds no weights (*.safetensors or pytorch_model*.bin)")
+    index = next(iter(sorted(d.glob("*.safetensors.index.json"))), None)
+    if index is not None and files[0].suffix == ".safetensors":
+        return {k: d / f for k, f in json.loads(index.read_text())["weight_map"].items()}
+    return {k: f for f in files for k in file_keys(f)}
+
+
+def holds_separate_head(files: dict[str, Path]) -> bool:
+    """Whether loading the backbone with transformers keeps ``lm_head`` apart from the embedding (T5 v1.1,
+    flan-t5, mT5): the files hold it, and not with the embedding's values (one tensor of each read, once)."""
+    if "lm_head.weight" not in files or "shared.weight" not in files:
+        return "lm_head.weight" in files
+    return not torch.equal(_read_tensor(files["lm_head.weight"], "lm_head.weight"),
+                           _read_tensor(files["shared.weight"], "shared.weight"))
+
+
+def file_keys(path: Path) -> list[str]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    return list(torch.load(path, map_location="cpu", mmap=True, weights_only=True).keys())
+
+
+def _read_tensor(path: Path, key: str) -> torch.Tensor:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor(key)
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)[key]
+
+
+def hash_names(backbone: nn.Module) -> dict[str, list[str]]:
+    """Every name of a frozen parameter of ``backbone`` (tied aliases included, as :func:`frozen_params` lists
+    them) -> the other names of the same parameter, where a file may hold it instead."""
+    groups: dict[int, list[str]] = {}
+    for n, p in backbone.named_parameters(remove_duplicate=False):
+        if not p.requires_grad:
+            groups.setdefault(id(p), []).append(n)
+    return {n: [a for a in names if a != n] for names in groups.values() for n in names}
+
+
 def frozen_params(backbone: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """The backbone weights that do not train (what ``backbone_hash`` fingerprints)."""
-    return [(n, p) for n, p in backbone.named_parameters() if not p.requires_grad]
+    """The backbone weights that do not train (what ``backbone_hash`` fingerprints), under every name: a tied
+    weight (T5's ``shared`` / ``embed_tokens`` / ``lm_head``) once per name, so that the hash is the same
+    whether a checkpoint's head is tied or a separate tensor with the same values."""
+    return [(n, p) for n, p in backbone.named_parameters(remove_duplicate=False) if not p.requires_grad]
 
 
 def verify_backbone(backbone: nn.Module, saved_hash: str, backbone_id: str, source: PathLike) -> None:
@@ -273,11 +458,12 @@ def saved_backbone(config: HyperscaleConfig, backbone: Any, directory: PathLike)
     return config.backbone_id
 
 
-def load_trainable_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "state dict") -> None:
-    """Copy ``sd`` into the trainable parameters of ``model``; it must cover all of them and nothing frozen.
-
-    A tied weight may come under any of its names (DeepSpeed's consolidation writes T5's ``shared`` /
-    ``embed_tokens`` / ``lm_head`` aliases separately)."""
+def trainable_state_dict_for(model: nn.Module, sd: dict[str, torch.Tensor],
+                             source: str = "state dict") -> dict[str, torch.Tensor]:
+    """``sd`` checked against the trainable parameters of ``model`` (names and shapes; the model's weights may be
+    on the meta device) and keyed by each parameter's first name, as ``model.named_parameters()`` gives it. It
+    must cover all of them and nothing frozen; a tied weight may come under any of its names (DeepSpeed's
+    consolidation writes T5's ``shared`` / ``embed_tokens`` / ``lm_head`` aliases separately)."""
     own = dict(model.named_parameters(remove_duplicate=False))
     trainable = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
     unknown = [k for k in sd if k not in own]
@@ -288,14 +474,26 @@ def load_trainable_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], sou
         raise CheckpointError(f"{source} does not fit this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
                          f", unexpected {unknown[:5]}{'...' if len(unknown) > 5 else ''}"
                          + (f", frozen in this model {frozen[:5]}" if frozen else ""))
+    out = {}
+    for k, v in sd.items():
+        if own[k].shape != v.shape:
+            raise CheckpointError(f"{source}: {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+        out[trainable[id(own[k])]] = v
+    return out
+
+
+def load_trainable_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    """Copy ``sd`` (checked by :func:`trainable_state_dict_for`) into the trainable parameters of ``model``."""
+    own = dict(model.named_parameters())
     with torch.no_grad():
-        for k, v in sd.items():
-            if own[k].shape != v.shape:
-                raise CheckpointError(f"{source}: {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+        for k, v in trainable_state_dict_for(model, sd, source).items():
             own[k].copy_(v.to(own[k].dtype))
 
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_backbone", "backbone_hash", "frozen_params", "verify_backbone",
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_backbone", "backbone_hash", "backbone_file_hash", "hash_names",
+           "cache_root", "frozen_params", "verify_backbone",
            "save_pretrained", "read_config", "read_weights", "saved_backbone", "load_trainable_state_dict",
+           "trainable_state_dict_for", "file_keys",
+           "local_backbone_dir", "weight_files", "holds_separate_head", "read_flat_range", "file_shape",
            "is_relative_backbone", "resolve_backbone_id", "relative_backbone_id", "make_readable", "file_mode",
            "dir_mode"]

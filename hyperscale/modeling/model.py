@@ -28,8 +28,10 @@ from .hypernet import HyperNetBank
 from .inject import AdapterHooks, attach_adapters, set_trainable
 from .io import (
     WEIGHTS_NAME,
+    backbone_file_hash,
     backbone_hash,
     frozen_params,
+    hash_names,
     is_relative_backbone,
     load_backbone,
     load_trainable_state_dict,
@@ -117,6 +119,9 @@ class HyperscaleModel(nn.Module):
         if not self.config.uses_adapters:
             return None
         h = backbone_hash(self._frozen_backbone_params())
+        bid = self.config.backbone_id
+        if h is None and bid and os.path.isdir(bid):  # ZeRO-3 shards or meta tensors: hash the files instead
+            h = backbone_file_hash(bid, hash_names(self.backbone))
         self.config = dataclasses.replace(self.config, backbone_hash=h)
         return h
 

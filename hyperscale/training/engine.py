@@ -4,8 +4,8 @@
 so a benchmark row times exactly the engine and the objective the trainer runs:
 
 - the DeepSpeed config from the run config (:func:`hyperscale.training.ds_config.build_ds_config`);
-- under ``deepspeed.build_sharded`` the backbone is loaded straight into ZeRO-3 shards
-  (:func:`sharded_construction` around the model's construction);
+- under ``deepspeed.build_sharded`` the backbone arrives already in ZeRO-3 shards
+  (:mod:`hyperscale.training.sharded`); the modules built outside them take the engine's dtype;
 - ``deepspeed.initialize`` over the trainable parameters only;
 - checkpoints leave out every name of a frozen parameter, tied aliases included
   (:func:`_exclude_frozen_aliases`);
@@ -14,7 +14,7 @@ so a benchmark row times exactly the engine and the objective the trainer runs:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,35 +22,18 @@ import torch.nn.functional as F
 from ..modeling.model import HyperscaleModel
 
 
-@contextlib.contextmanager
-def sharded_construction(ds_config: dict, enabled: bool) -> Iterator[None]:
-    """While open (and ``enabled``), Hugging Face's ``from_pretrained`` sees the DeepSpeed config and
-    loads a backbone straight into ZeRO-3 shards, so an 11B model never materialises whole on one rank.
-    Closing drops HF's global ZeRO-3 switch: later loads (the export on rank 0) build whole models."""
-    if not enabled:
-        yield
-        return
-    from transformers.integrations import (
-        HfDeepSpeedConfig,  # needs accelerate; only for sharded builds
-    )
-
-    hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841 (HF keeps a weak reference: must stay alive)
-    try:
-        yield
-    finally:
-        del hf_ds_config
-
-
 def build_engine(model: HyperscaleModel, ds_config: dict, device: torch.device, *,
                  sharded: bool = False, compile_backend: Optional[str] = None) -> Any:
     """``deepspeed.initialize`` over ``model``'s trainable parameters, with hyperscale's checkpoint filter
-    and ZeRO-3 persistence. ``sharded``: the model was built under :func:`sharded_construction` (already
-    partitioned, not moved). ``compile_backend``: compile the module's forward in place with DeepSpeed's
+    and ZeRO-3 persistence. ``sharded``: the backbone was built by
+    :func:`hyperscale.training.sharded.build_sharded_backbone` (already partitioned, not moved). ``compile_backend``: compile the module's forward in place with DeepSpeed's
     ``engine.compile`` (``nn.Module.compile``: parameter names and checkpoints stay those of the eager model)."""
     import deepspeed  # heavy; the package imports without it for export and inference
 
     if not sharded:
         model.to(device)
+    else:
+        _cast_unpartitioned(model, ds_config)
     params = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
     _exclude_frozen_aliases(engine)
@@ -59,6 +42,26 @@ def build_engine(model: HyperscaleModel, ds_config: dict, device: torch.device, 
     if compile_backend:
         engine.compile(backend=compile_backend)
     return engine
+
+
+def engine_dtype(ds_config: dict) -> torch.dtype:
+    """The dtype DeepSpeed keeps the module's weights in under ``ds_config``."""
+    if ds_config.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
+def _cast_unpartitioned(model: torch.nn.Module, ds_config: dict) -> None:
+    """A sharded build leaves DeepSpeed's cast to us: with some parameters already partitioned (the backbone,
+    built under ``zero.Init`` in the engine's dtype), ``deepspeed.initialize`` casts nothing, so the modules
+    built outside it (the hypernetwork bank, fp32) would meet the backbone's bf16 layer norms in one
+    optimizer partition (DeepSpeed's ``defragment`` asserts one dtype). Cast them to the engine's dtype."""
+    dtype = engine_dtype(ds_config)
+    for p in model.parameters():
+        if not hasattr(p, "ds_id") and p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
 
 
 def compiled_graphs() -> int:

@@ -30,9 +30,14 @@ from ..errors import (
 )
 from ..modeling.io import (
     file_mode,
+    holds_separate_head,
+    local_backbone_dir,
     make_readable,
     relative_backbone_id,
     resolve_backbone_id,
+    save_pretrained,
+    trainable_state_dict_for,
+    weight_files,
 )
 from ..modeling.model import (
     CONFIG_NAME,
@@ -42,7 +47,9 @@ from ..modeling.model import (
     HyperscaleModel,
     load_backbone,
 )
+from ..modeling.presets import untie_lm_head
 from .checkpoint import COMPLETE, read_trainer_state, resolve_checkpoint, safe_load
+from .config import DataConfig, EvalConfig, TrainConfig
 
 
 def _bf16_optimizer_state_dict(ckpt_dir: Path, files: list[Path]) -> dict[str, torch.Tensor]:
@@ -163,6 +170,21 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
+def _skeleton(config: HyperscaleConfig, backbone_dir: Path) -> HyperscaleModel:
+    """The model of ``config`` on the meta device (names, shapes, which weights train; no memory), built from
+    the backbone directory's ``config.json`` the way loading it would (a separate LM head where the files
+    hold one)."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    bb_config = AutoConfig.from_pretrained(str(backbone_dir))
+    with torch.device("meta"):
+        backbone = AutoModelForSeq2SeqLM.from_config(bb_config)
+        if getattr(backbone, "lm_head", None) is not None and backbone.lm_head.weight is backbone.shared.weight \
+                and holds_separate_head(weight_files(backbone_dir)):
+            untie_lm_head(backbone)
+        return HyperscaleModel(backbone, dataclasses.replace(config, backbone_hash=None), compute_hash=False)
+
+
 def export_checkpoint(checkpoint: Path | str, out: Path | str, materialize: bool = False,
                       backbone: Optional[str] = None, overwrite: bool = False,
                       include_backbone: Optional[bool] = None) -> Path:
@@ -192,10 +214,16 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, materialize: bool
         raise CheckpointError(f"{ckpt_dir} records no backbone that can be loaded ({config.backbone_id!r}); pass "
                               "--backbone <the T5 model's directory or hub id>")
     spec = str(spec)
+    kind = _backbone_kind(spec)
+    source_dir = local_backbone_dir(spec)
+    if materialize or source_dir is None:  # materializing runs the hypernetwork: the whole model, on the CPU
+        model_bb, loaded_id = load_backbone(spec)
+        model = HyperscaleModel(model_bb, dataclasses.replace(config, backbone_hash=None))
+    else:  # the model's skeleton on the meta device; the backbone's files are hashed one tensor at a time
+        model, loaded_id = _skeleton(config, source_dir), (spec if kind == "hub" else str(source_dir.resolve()))
+        model.config = dataclasses.replace(model.config, backbone_id=str(source_dir.resolve()))
+        model.update_backbone_hash()
     saved_hash = config.backbone_hash
-    model_bb, loaded_id = load_backbone(spec)
-    # built without the recorded hash, the model hashes this backbone itself (config stays as read)
-    model = HyperscaleModel(model_bb, dataclasses.replace(config, backbone_hash=None))
     if saved_hash and model.config.backbone_hash != saved_hash:
         raise CheckpointError(f"backbone {spec!r} differs from the one {ckpt_dir} was trained on "
                          "(weight hash mismatch); pass --backbone with the original")
@@ -204,7 +232,6 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, materialize: bool
     if bad:
         raise CheckpointError(f"{ckpt_dir} holds non-finite weights ({', '.join(bad[:3])}{'...' if len(bad) > 3 else ''}):"
                               " the run diverged before this checkpoint; export an earlier one")
-    kind = _backbone_kind(spec)
     include = (kind in ("preset", "dir")) if include_backbone is None else bool(include_backbone)
     step = _checkpoint_step(ckpt_dir)
 
@@ -219,17 +246,19 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, materialize: bool
         _remove(out / name)
     if include and not source_in_place:
         stage = out / _STAGE
-        if kind == "dir":
-            _copy_backbone_dir(Path(spec), stage)
+        if source_dir is not None:
+            _copy_backbone_dir(source_dir, stage)
         else:  # a preset or a hub model: as loaded (and hash-checked), before the trained weights go in
             model.backbone.save_pretrained(str(stage))
         os.replace(stage, bb_target)
     recorded = "./" + BACKBONE_DIR if include else loaded_id
-    model.load_trainable_state_dict(sd, source=str(ckpt_dir))
+    sd = trainable_state_dict_for(model, sd, source=str(ckpt_dir))
+    if materialize:
+        model.load_trainable_state_dict(sd, source=str(ckpt_dir))
     model.config = dataclasses.replace(model.config, backbone_id=recorded)
     if (ckpt_dir / TOKENIZER_DIR).is_dir():
         shutil.copytree(ckpt_dir / TOKENIZER_DIR, out / TOKENIZER_DIR, dirs_exist_ok=True)
-    model.save_pretrained(out)
+    save_pretrained(out, model.config, sd)
     if materialize:
         mat = model.materialize()
         mat_dir = out / MATERIALIZED_DIR
@@ -258,6 +287,7 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, materialize: bool
             "hash": model.config.backbone_hash,
         },
         "materialized": MATERIALIZED_DIR if materialize else None,
+        "evaluation": evaluation_settings(ckpt_dir),
         "tokenizer": TOKENIZER_DIR if (out / TOKENIZER_DIR).is_dir() else None,
         "files": _files(out),
         "how_to_load": [
@@ -273,18 +303,121 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, materialize: bool
 
 
 def read_export_info(path: str | Path) -> Optional[dict]:
-    """``export.json`` of an export (None when it has none: written before it existed, or by save_pretrained)."""
+    """``export.json`` of an export (None when it has none: written before it existed, or by save_pretrained).
+    Its ``evaluation`` is a dict or None (exports written before it existed, or without a run config)."""
     try:
         info = json.loads((Path(path) / EXPORT_INFO).read_text())
     except (OSError, ValueError):
         return None
-    return info if isinstance(info, dict) else None
+    if not isinstance(info, dict):
+        return None
+    if not isinstance(info.get("evaluation"), dict):
+        info["evaluation"] = None
+    return info
 
 
-def load_export(path: str | Path, backbone: Optional[str] = None) -> tuple[HyperscaleModel, Any]:
-    """An export (``hyperscale export`` or ``save_pretrained``) and its tokenizer, ready for inference on the CPU."""
-    model = HyperscaleModel.from_pretrained(path, backbone=backbone)
+def evaluation_settings(ckpt_dir: Path) -> Optional[dict]:
+    """What the trainer's evaluation of ``ckpt_dir``'s run used (its ``run_config.yaml``): the tasks, the split
+    protocol (data source, split seed, n_val/n_test, STS-B grid), the lengths, the mode, batch size and examples
+    per task, the splits and the precision, so that ``hyperscale eval`` of the export reproduces
+    ``RUN/results.json``. None without a readable run config with a ``data`` section; keys an older config lacks
+    take today's defaults. A relative ``data_dir`` that exists is made absolute (relative to where the run started)."""
+    try:
+        cfg = yaml.safe_load((ckpt_dir / "run_config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("data"), dict):
+        return None
+    defaults = {"data": DataConfig(), "eval": EvalConfig(), "train": TrainConfig()}
+
+    def get(section: str, key: str) -> Any:
+        given = cfg.get(section)
+        return given[key] if isinstance(given, dict) and key in given else getattr(defaults[section], key)
+
+    data_dir = get("data", "data_dir")
+    if data_dir not in ("sample", "hub") and Path(data_dir).is_dir():
+        data_dir = str(Path(data_dir).resolve())
+    return {"tasks": list(get("data", "tasks")), "data_dir": data_dir,
+            **{k: get("data", k) for k in ("split_seed", "n_val", "n_test", "stsb_grid", "max_source_length",
+                                           "max_target_length")},
+            **{k: get("eval", k) for k in ("mode", "batch_size", "max_examples", "splits")},
+            "precision": get("train", "precision")}
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` (a GPU when CUDA sees one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a device; asking for
+    a GPU that is not there is a ConfigError."""
+    spec = str(device)
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {spec!r} is not a device: use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec}: no CUDA device is visible here; use --device cpu, or --device auto "
+                              "(a GPU when there is one)")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"--device {spec}: {n} CUDA device(s) are visible (cuda:0 to cuda:{n - 1})")
+    return dev
+
+
+def _inference_dtype(dtype: Any, dev: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):  # bf16 where the GPU computes in it (fp16 overflows with T5), else fp32
+        return torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _place(model: HyperscaleModel, dev: torch.device, path: str | Path) -> None:
+    """Move ``model`` to ``dev``. On ``cuda`` (no index) with a model larger than the current GPU's free memory and
+    several GPUs visible, a ``finetune`` model is spread over them (accelerate's ``device_map="auto"``); the
+    adapter methods' hooks apply the bank's weights on one device, so those must fit one GPU."""
+    if dev.type != "cuda":
+        model.to(dev)
+        return
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    need = sum(p.numel() * p.element_size() for p in model.parameters())
+    free = torch.cuda.mem_get_info(index)[0]
+    if need < free:
+        model.to(dev)
+        return
+    several = dev.index is None and torch.cuda.device_count() > 1
+    if not several or model.bank is not None:
+        why = ("spreading a model with adapters over several GPUs is not supported" if several
+               else f"cuda:{index} has {free / 2**30:.1f} GiB free")
+        raise ConfigError(f"{path}: the model needs {need / 2**30:.1f} GiB on the GPU, {why}; use --dtype bf16, a GPU "
+                          "with more free memory, or --device cpu")
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    bb = model.backbone
+    dispatch_model(bb, device_map=infer_auto_device_map(bb, no_split_module_classes=list(bb._no_split_modules or [])))
+
+
+def load_export(path: str | Path, backbone: Optional[str] = None, device: str | torch.device = "auto",
+                dtype: Any = None) -> tuple[HyperscaleModel, Any]:
+    """An export (``hyperscale export`` or ``save_pretrained``) and its tokenizer, ready for inference.
+
+    ``device``: ``auto`` (a GPU when CUDA sees one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` (see
+    ``_place`` for a model larger than one GPU). ``dtype`` (a torch dtype, ``fp32``, ``bf16``, ``fp16``; default
+    bf16 on a GPU, fp32 on the CPU) applies to the whole model, backbone and adapters, as DeepSpeed casts the
+    trainer's model: in the run's ``train.precision`` the scores are the trainer's."""
+    dev = inference_device(device)
+    dt = _inference_dtype(dtype, dev)
+    model = HyperscaleModel.from_pretrained(path, backbone=backbone, torch_dtype=dt)
+    model.to(dtype=dt)
+    _place(model, dev, path)
     model.eval()
-    tok_dir = Path(path) / "tokenizer"
+    tok_dir = Path(path) / TOKENIZER_DIR
     tokenizer = load_tokenizer(str(tok_dir)) if tok_dir.is_dir() else default_tokenizer()
     return model, tokenizer

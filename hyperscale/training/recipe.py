@@ -63,6 +63,7 @@ from .evaluate import predict_task
 from .export import export_checkpoint
 from .logging import RunLogger
 from .preemption import PreemptionHandler
+from .sharded import build_sharded_backbone
 from .state import TrainState, seed_everything
 from .transfer import check_export_dir, load_for_transfer, restore_fp32_masters, trainable_fp32
 
@@ -311,9 +312,14 @@ class Recipe:
             backbone = self.model.config.backbone_id
         else:
             backbone = self._resolve_backbone()
+            # transformers 5 loads a directory in the dtype it was saved in: a bf16-saved backbone in an fp32 run
+            # would stay bf16 (ZeRO 1-3 then fail on mixed dtypes, ZeRO-0 trains a bf16 model silently). fp32
+            # asks for fp32; bf16/fp16 keep the saved dtype (DeepSpeed casts, without an fp32 copy on the way)
+            dtype = torch.float32 if self.cfg.train.precision == "fp32" else None
+            # straight into ZeRO-3 partitions in the engine's dtype under build_sharded
+            source = build_sharded_backbone(backbone, self.ds_config) if self.cfg.deepspeed.build_sharded else backbone
             # the model section is an ArchConfig (plus run-only fields): its architecture part is the model's
-            with eng.sharded_construction(self.ds_config, self.cfg.deepspeed.build_sharded):
-                self.model = HyperscaleModel.from_backbone(backbone, self.tasks, **m.arch_dict())
+            self.model = HyperscaleModel.from_backbone(source, self.tasks, torch_dtype=dtype, **m.arch_dict())
         # the data's task index -> the model's (they differ when the model knows more tasks than the run trains)
         self.model_task_ids = torch.tensor([self.model.task_index(t) for t in self.tasks])
         self.model_task_ids_device = self.model_task_ids.to(self.device)

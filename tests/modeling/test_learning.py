@@ -27,12 +27,24 @@ Adam at ``LR = 1e-3`` with batches of 64 examples. Over backbone seeds 0-9, Hype
 hypernetwork sizes, ``REDUCTION_FACTOR = 4``, bottleneck 8) first reached >= 97 % held-out on both tasks
 after 75-325 steps (seed 0, used here: ~150); per-task ``adapters`` after 50-125. At lr 1e-2 HyperFormer++
 sat on the 50 % plateau (where it answers A/B at random) for longer and missed 500 steps on some seeds,
-hence the lower rate. ``STEPS = 500`` is the bound: well past the slowest seed seen, and ~6 s of training
-per model on one CPU thread. Each model is trained once (module-scoped fixtures) and shared by the tests.
+hence the lower rate.
+
+Training does not run a fixed number of steps: the trajectory depends on torch's CPU kernels (on an
+AVX-512 machine a fixed 500 steps gave HyperFormer++ 95.1 % and an answer NLL of 0.227 on "pos", where the
+AVX2 and scalar kernels gave 100 %). Instead every ``CHECK_EVERY`` steps the model is scored on a fixed
+probe drawn from the *training* distribution (seed ``PROBE_SEED``, never a held-out seed), and training
+stops once it answers every probe example of both tasks correctly with an answer NLL below ``CONVERGED_NLL``,
+or at ``MAX_STEPS``. The held-out thresholds (``PASS``, ``HELD_OUT_NLL``) then sit far from what a
+converged model reaches. The task-blind control can never converge (its labels conflict), so it runs
+``MAX_STEPS``. Measured per kernel path and thread count (``ATEN_CPU_CAPABILITY=avx512|avx2|default``,
+``LEARNING_TEST_THREADS=1|2``): see the table in this project's history (closing note of the session that
+added the rule); rerun ``ATEN_CPU_CAPABILITY=... LEARNING_TEST_THREADS=... pytest -s tests/modeling/test_learning.py``
+to regenerate it (it prints every report).
 """
 from __future__ import annotations
 
 import math
+import os
 from contextlib import contextmanager
 
 import pytest
@@ -49,7 +61,12 @@ SEQ_LEN = 8
 TASKS = ["pos", "neg"]
 
 SEED = 0
-STEPS = 500
+MAX_STEPS = 2000  # the conditioned models converge after 150-450 steps on every kernel path measured
+CHECK_EVERY = 25  # steps between probe checks of the stopping rule
+PROBE = 256  # training-distribution inputs per task in the probe
+PROBE_SEED = 7  # below TRAIN_SEED0: not a training batch, not a held-out set
+CONVERGED_NLL = 0.02  # probe answer NLL (per task) below which training stops
+THREADS = int(os.environ.get("LEARNING_TEST_THREADS", "1"))  # 1 or 2: the result must not depend on it
 BATCH = 64  # BATCH // 2 inputs, each under both tasks
 LR = 1e-3
 REDUCTION_FACTOR = 4  # d_model 32 -> bottleneck 8
@@ -58,6 +75,7 @@ TRAIN_SEED0 = 1_000  # training batch s uses seed TRAIN_SEED0 + s
 HELD_OUT_SEED = {"pos": 99, "neg": 98}  # disjoint from the training seeds
 
 PASS = 0.95  # conditioned models: held-out accuracy on each task
+HELD_OUT_NLL = 0.2  # conditioned models: held-out answer NLL on each task
 CHANCE = (0.35, 0.65)  # task-blind control: accuracy on the union
 
 
@@ -94,10 +112,10 @@ def train_batch(step: int, blind: bool) -> dict:
 # ---------------------------------------------------------------------------------------------- model
 @contextmanager
 def one_thread():
-    """Tiny models train fastest on one thread; fixed threads also keep the float reductions reproducible.
-    (Module-scoped fixtures run before conftest's per-test thread fixture, so set it here.)"""
+    """Tiny models train fastest on one thread (``THREADS``); fixed threads also keep the float reductions
+    reproducible. (Module-scoped fixtures run before conftest's per-test thread fixture, so set it here.)"""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     try:
         yield
     finally:
@@ -113,7 +131,8 @@ def tiny_t5(seed: int = SEED) -> T5ForConditionalGeneration:
 
 
 def train(method: str, blind: bool = False) -> HyperscaleModel:
-    """``STEPS`` Adam steps on fresh paired batches; identical for every caller except method and ``blind``."""
+    """Adam steps on fresh paired batches until the probe says converged (``converged``) or ``MAX_STEPS``;
+    identical for every caller except method and ``blind``."""
     with one_thread():
         model = HyperscaleModel.from_backbone(tiny_t5(), TASKS, method=method, reduction_factor=REDUCTION_FACTOR)
         torch.manual_seed(SEED)
@@ -121,12 +140,32 @@ def train(method: str, blind: bool = False) -> HyperscaleModel:
         assert params and all(not p.requires_grad for p in model.backbone.shared.parameters())  # backbone frozen
         opt = torch.optim.Adam(params, lr=LR)
         model.train()
-        for step in range(STEPS):
+        for step in range(MAX_STEPS):
+            if step % CHECK_EVERY == 0 and not blind and converged(model):
+                break
             loss = model(**train_batch(step, blind)).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        model.steps_trained = step  # reported by held_out_report
         return model.eval()
+
+
+def converged(model: HyperscaleModel) -> bool:
+    """The stopping rule: every probe example of both tasks answered correctly, with an answer NLL below
+    ``CONVERGED_NLL`` per task. The probe comes from the training distribution, never a held-out seed."""
+    was_training = model.training
+    model.eval()
+    try:
+        ids, has = make_inputs(PROBE, PROBE_SEED)
+        for task in TASKS:
+            logits = answer_logits(model, ids, task)[:, [A, B]]
+            target = (answers(has, task) == B).long()
+            if (logits.argmax(-1) != target).any() or F.cross_entropy(logits, target).item() >= CONVERGED_NLL:
+                return False
+        return True
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -164,7 +203,9 @@ def held_out_report(model: HyperscaleModel, query_id: str | None = None) -> dict
             "mass_ab": logits.softmax(-1)[:, [A, B]].sum(-1).mean().item(),
         }
     out["union_acc"] = sum(out[t]["acc"] for t in TASKS) / len(TASKS)
-    print(f"\n[{query_id or 'own ids'}] " + ", ".join(
+    out["steps"] = getattr(model, "steps_trained", None)
+    print(f"\n[{query_id or 'own ids'}, {out['steps']} steps, ATEN_CPU_CAPABILITY={torch.backends.cpu.get_cpu_capability()}"
+          f", {THREADS} thread(s)] " + ", ".join(
         f"{t}: acc {out[t]['acc']:.3f} nll {out[t]['nll']:.3f} mass(A,B) {out[t]['mass_ab']:.3f}" for t in TASKS)
         + f"; union acc {out['union_acc']:.3f}")
     return out
@@ -200,7 +241,7 @@ def test_conditioned_model_learns_both_tasks(method, request):
     report = held_out_report(model)
     for task in TASKS:
         assert report[task]["acc"] >= PASS, (method, report)
-        assert report[task]["nll"] < 0.2, (method, report)
+        assert report[task]["nll"] < HELD_OUT_NLL, (method, report)
 
 
 def test_one_task_id_for_both_stays_at_chance():

@@ -1,6 +1,9 @@
 """ZeRO-3 with a directly sharded backbone, and the export of bf16 ZeRO-1 checkpoints."""
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -50,3 +53,90 @@ def test_zero3_generation_eval_keeps_ranks_in_step(runs):
         assert set(split["tasks"]) == {"rte", "stsb"}
         assert set(split["tasks"]["stsb"]) == {"pearson", "spearman"}
     assert (run.dir / "export" / "model.safetensors").is_file()
+
+
+def test_export_reads_the_backbone_files_without_building_the_backbone(runs, tmp_path, monkeypatch):
+    """The export of a ZeRO-3 build_sharded run checks the backbone hash from the files, one piece at a time, and
+    writes the trained weights from the checkpoint: it never builds the backbone (load_backbone is made to fail)
+    and never allocates a tensor the size of a whole large frozen weight (a dispatch mode watches every op)."""
+    import hyperscale.training.export as export_mod
+    from hyperscale.modeling.io import HASH_BLOCK, weight_files
+    from hyperscale.modeling.model import HyperscaleModel
+    from hyperscale.training.export import export_checkpoint, load_export
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    run = runs("fp32-z3-sharded")
+    backbone_dir = run.dir / "backbone"
+    from safetensors import safe_open
+
+    sizes = set()
+    for key, path in weight_files(backbone_dir).items():
+        with safe_open(str(path), framework="pt") as f:
+            n = 1
+            for d in f.get_slice(key).get_shape():
+                n *= d
+        if n > HASH_BLOCK:
+            sizes.add(n)
+    assert sizes  # t5-tiny's embedding
+
+    class Watch(TorchDispatchMode):
+        whole: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not any(r.alias_info is not None for r in func._schema.returns):
+                for t in (out if isinstance(out, (tuple, list)) else [out]):
+                    if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.numel() in sizes:
+                        self.whole.append(f"{func} -> {tuple(t.shape)}")
+            return out
+
+    def no_backbone(*a, **k):
+        raise AssertionError("the export built the backbone")
+
+    monkeypatch.setattr(export_mod, "load_backbone", no_backbone)
+    monkeypatch.setenv("HYPERSCALE_CACHE", str(tmp_path / "cache"))  # the hash is computed, not read from a cache
+    with Watch() as watch:
+        out = export_checkpoint(run.checkpoint(12), tmp_path / "export")
+    assert watch.whole == []
+    monkeypatch.undo()
+    # the standalone export loads (the hash verified against the whole backbone) and equals the trainer's export
+    loaded, _ = load_export(out, device="cpu", dtype="fp32")
+    trainer_export = load_file(str(run.dir / "export" / "model.safetensors"))
+    mine = load_file(str(out / "model.safetensors"))
+    assert mine.keys() == trainer_export.keys()
+    assert all(torch.equal(mine[k], trainer_export[k]) for k in mine)
+    assert loaded.config.backbone_hash == HyperscaleModel.from_backbone(
+        str(backbone_dir), loaded.config.tasks, method=loaded.config.method,
+        reduction_factor=loaded.config.reduction_factor).config.backbone_hash
+
+
+def test_no_rank_holds_a_whole_frozen_weight_at_t5_small_size(tmp_path):
+    """t5-small shapes, 2 ranks, ZeRO-3, bf16, build_sharded (tests/training/sharded_probe.py): reading the
+    partitions from the files, hashing the files and two training steps allocate no tensor the size of a whole
+    frozen weight of more than HASH_BLOCK elements (outside DeepSpeed's gathers inside forward and backward); each
+    rank holds half of every weight; between steps only DeepSpeed's persistent small weights are whole; the hash
+    equals that of the model loaded whole."""
+    import json
+
+    from hyperscale.modeling.io import load_backbone
+    from hyperscale.modeling.model import HyperscaleModel
+    from training_helpers import launch, log_tail
+
+    torch.manual_seed(0)
+    backbone, _ = load_backbone("preset:t5-small")
+    directory = tmp_path / "t5-small"
+    backbone.save_pretrained(str(directory))
+    del backbone
+    out, log = tmp_path / "probe.json", tmp_path / "probe.log"
+    proc = launch([str(Path(__file__).resolve().parent / "sharded_probe.py")], [str(directory), str(out)], 2, log)
+    assert proc.returncode == 0, log_tail(log)
+    probe = json.loads(out.read_text())
+    assert probe["world"] == 2 and probe["whole"] == [], probe["whole"][:5]
+    assert max(probe["frozen_sizes"]) == 32128 * 512  # the embedding, whole nowhere
+    for name, (local, whole) in probe["partitions"].items():
+        assert local == -(-whole // 2), name
+    persistence_threshold = 100_000  # ds_configs/zero3_bf16.json: smaller weights stay whole by DeepSpeed's design
+    assert all(0 < n <= persistence_threshold for n in probe["live_after_step"]), probe["live_after_step"]
+    assert all(math.isfinite(x) for x in probe["losses"])
+    whole = HyperscaleModel.from_backbone(str(directory), ["rte", "cb"], method="hyperformer++", reduction_factor=8)
+    assert probe["hash"] == whole.config.backbone_hash
