@@ -184,9 +184,10 @@ def run_phase(name: str, cmd: list[str], log: Path, env: dict) -> dict:
     return result
 
 
-def du(path: Path) -> int:
-    """Bytes on disk under ``path``, hard links counted once."""
-    seen, total = set(), 0
+def du(path: Path, seen: set) -> int:
+    """Bytes on disk under ``path`` not already counted in ``seen`` (hard links, e.g. an export's link to the
+    backbone's files, count once, under the first path that holds them)."""
+    total = 0
     for p in [path] if path.is_file() else path.rglob("*"):
         if p.is_file() and not p.is_symlink():
             st = p.stat()
@@ -274,7 +275,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             r["output"] = log.read_text().strip().splitlines()[-1] if r["rc"] == 0 else None
         r["log"] = str(log)
         results["phases"][phase] = r
-        results["disk_bytes"] = {k: du(p) for k, p in
+        seen: set = set()
+        results["disk_bytes"] = {k: du(p, seen) for k, p in
                                  (("backbone", backbone), ("checkpoints", run_dir / "checkpoints"),
                                   ("run_export", run_dir / "export"), ("export", export_dir)) if p.exists()}
         results["settings"] = vars(args)
@@ -304,7 +306,8 @@ def markdown(results: dict, allowance_gb: float) -> str:
                      + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in sorted(peaks.items())) + " | "
                      + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in sorted(r.get("peak_anon_bytes", {}).items()))
                      + f" | {within} |")
-    lines += ["", "disk: " + ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in results.get("disk_bytes", {}).items())]
+    lines += ["", "disk (hard links counted once, under the first): " + ", ".join(
+        f"{k} {v / 1e9:.2f} GB" for k, v in results.get("disk_bytes", {}).items())]
     return "\n".join(lines) + "\n"
 
 

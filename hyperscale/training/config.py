@@ -112,7 +112,9 @@ class DeepSpeedConfig:
     zero_stage: int = 2
     offload: bool = False  # ZeRO-3 parameter + optimizer offload to CPU
     config: Optional[str] = None  # a user's DeepSpeed JSON; checked against this run config
-    build_sharded: bool = False  # ZeRO-3: build the backbone under zero.Init (never whole on one rank)
+    build_sharded: bool = False  # ZeRO-3: build the backbone straight into shards (never whole on one rank)
+    # DeepSpeed's communication knobs, written into zero_optimization: the all-gather bucket at ZeRO 1-2 (ZeRO-3
+    # gathers parameters by its own prefetch buckets), the gradient reduce bucket and overlap at ZeRO 1-3
     allgather_bucket_size: int = 500_000_000
     reduce_bucket_size: int = 500_000_000
     overlap_comm: bool = False

@@ -74,10 +74,12 @@ def build_ds_config(cfg: RunConfig, world_size: int) -> dict:
     _fill(sp, "total_num_steps", t.max_steps, "scheduler.params.total_num_steps", src)
     zero = ds.setdefault("zero_optimization", {})
     _fill(zero, "stage", cfg.deepspeed.zero_stage, "zero_optimization.stage", src)
-    if cfg.deepspeed.zero_stage == 2:
-        zero.setdefault("allgather_bucket_size", cfg.deepspeed.allgather_bucket_size)
-        zero.setdefault("reduce_bucket_size", cfg.deepspeed.reduce_bucket_size)
-        zero.setdefault("overlap_comm", cfg.deepspeed.overlap_comm)
+    # the communication knobs of the stages that use them (ZeRO-3 gathers parameters by its own prefetch buckets)
+    knobs = {1: ("allgather_bucket_size", "reduce_bucket_size", "overlap_comm"),
+             2: ("allgather_bucket_size", "reduce_bucket_size", "overlap_comm"),
+             3: ("reduce_bucket_size", "overlap_comm")}.get(cfg.deepspeed.zero_stage, ())
+    for key in knobs:
+        _fill(zero, key, getattr(cfg.deepspeed, key), f"zero_optimization.{key}", src)
     bf16 = ds.get("bf16", {}).get("enabled", False)
     fp16 = ds.get("fp16", {}).get("enabled", False)
     implied = "bf16" if bf16 else "fp16" if fp16 else "fp32"

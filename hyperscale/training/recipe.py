@@ -29,6 +29,7 @@ resume at an explicit path, a damaged or unsafe checkpoint) and ``TrainingDiverg
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import math
 import os
@@ -63,6 +64,7 @@ from .evaluate import predict_task
 from .export import export_checkpoint
 from .logging import RunLogger
 from .preemption import PreemptionHandler
+from .host_memory import release_freed_memory
 from .sharded import build_sharded_backbone
 from .state import TrainState, seed_everything
 from .transfer import check_export_dir, load_for_transfer, restore_fp32_masters, trainable_fp32
@@ -713,14 +715,16 @@ class Recipe:
 
     # ================================================================== finish
     def finish(self) -> dict:
-        """Export the last checkpoint to standalone weights (unless that export exists) and print the result
-        table (rank 0)."""
+        """Release the engine and the signal handlers (:meth:`_release`), export the last checkpoint to standalone
+        weights (unless that export exists) and print the result table (rank 0)."""
         summary = {"checkpoint": str(self.ckpt_root / (self.last_tag or "")),
                    "tensorboard": str(self.output_dir / "tensorboard")}
+        trained = self.engine is not None  # a finished run resumed again has its results on disk already
+        self._release()
         if self.rank == 0:
             summary["export"] = str(self._ensure_export())
             out = self.output_dir / "results.json"
-            if self.engine is not None:  # a finished run's results are already on disk
+            if trained:
                 self._write_results(out)
             print(format_results(self.results, notice=self._results_notice()), flush=True)
             for k, v in summary.items():
@@ -732,6 +736,17 @@ class Recipe:
             self.run_lock.close()
             self.run_lock = None
         return summary
+
+    def _release(self) -> None:
+        """Training is over: put back the signal handlers this run installed, and free the engine, the model and the
+        optimizer state (on every rank, before rank 0 exports: an 11B run's export then has the host to itself)."""
+        if self.preempt is not None:
+            self.preempt.uninstall()
+        if self.engine is not None:
+            self.engine.destroy()
+        self.engine = self.model = None
+        gc.collect()
+        release_freed_memory()
 
     def _results_notice(self) -> Optional[str]:
         spec = self.cfg.model.backbone

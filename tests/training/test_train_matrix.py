@@ -50,16 +50,6 @@ PER_CONFIG_TIMEOUT_S = 150  # the first configuration also tokenizes the data an
 LAUNCH_TIMEOUT_S = 900
 MAX_LAUNCHES = 4
 
-# Known failures: configuration id -> root cause (strict xfail: the test fails once the bug is fixed, so the entry
-# goes). Empty: every configuration is expected to pass.
-KNOWN_BUGS: dict[str, str] = {}
-
-
-def params(ids: list[str]) -> list:
-    return [pytest.param(c, id=c, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[c])] if c in KNOWN_BUGS
-                         else []) for c in ids]
-
-
 def parse(cid: str) -> dict:
     parts = cid.split("-")
     return {"stage": int(parts[0][1:]), "precision": parts[1], "sharded": "sharded" in parts, "source": parts[-1]}
@@ -205,7 +195,7 @@ def finished(matrix: dict, cid: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- the tests
-@pytest.mark.parametrize("cid", params(CONFIGS))
+@pytest.mark.parametrize("cid", CONFIGS)
 def test_configuration_trains(matrix, cid):
     r = finished(matrix, cid)
     losses = r["losses"]
@@ -221,8 +211,7 @@ def test_configuration_trains(matrix, cid):
     assert r["frozen_unchanged"], f"{cid}: frozen backbone weights changed in training"
 
 
-@pytest.mark.parametrize("cid", params([c for c in CONFIGS if parse(c)["precision"] == "fp32"
-                                        and not c.startswith("z0-")]))
+@pytest.mark.parametrize("cid", [c for c in CONFIGS if parse(c)["precision"] == "fp32" and not c.startswith("z0-")])
 def test_fp32_losses_agree_across_zero_stages(matrix, cid):
     """The same fp32 run under every ZeRO stage and the sharded build: the losses of ZeRO-0's."""
     ref_id = f"z0-fp32-{parse(cid)['source']}"
@@ -233,7 +222,7 @@ def test_fp32_losses_agree_across_zero_stages(matrix, cid):
             f"step {step}: {cid} {r[step]} vs {ref_id} {ref[step]}")
 
 
-@pytest.mark.parametrize("cid", params([c for c in CONFIGS if parse(c)["precision"] == "bf16"]))
+@pytest.mark.parametrize("cid", [c for c in CONFIGS if parse(c)["precision"] == "bf16"])
 def test_bf16_first_loss_close_to_fp32(matrix, cid):
     """Step 1's loss is computed before any update: bf16 and fp32 differ only by the forward's precision."""
     ref_id = f"z0-fp32-{parse(cid)['source']}"
