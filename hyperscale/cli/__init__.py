@@ -1,6 +1,6 @@
 """The ``hyperscale`` command: one dispatcher, one module per subcommand.
 
-    hyperscale train | eval | predict | export | params | slurm | bench | inspect | adapt | sweep ...
+    hyperscale train | eval | predict | export | params | plan | slurm | bench | inspect | adapt | sweep ...
 
 Every subcommand runs under :func:`hyperscale.errors.run_main`: a :class:`~hyperscale.errors.HyperscaleError`
 becomes one ``hyperscale: error: ...`` line and exit status 2; anything else keeps its traceback.
@@ -13,12 +13,13 @@ from typing import Optional
 
 from ..errors import run_main
 from ..training.logging import quiet_known_noise
-from . import adapt, bench, export, inspect, params, predict, slurm, sweep, train
+from . import adapt, bench, export, inspect, params, plan, predict, slurm, sweep, train
 from . import eval as eval_cmd
 
-SUBCOMMANDS = (train, eval_cmd, export, predict, params, slurm, bench, inspect, adapt, sweep)
+SUBCOMMANDS = (train, eval_cmd, export, predict, params, plan, slurm, bench, inspect, adapt, sweep)
 # subcommands whose overrides may follow their options (argparse intermixes only without subparsers)
-INTERMIXED = {"train": train.parse_args, "adapt": adapt.parse_args, "sweep": sweep.parse_args}
+INTERMIXED = {"train": train.parse_args, "adapt": adapt.parse_args, "sweep": sweep.parse_args,
+              "plan": plan.parse_args}
 
 
 def build_parser() -> argparse.ArgumentParser:

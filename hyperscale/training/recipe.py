@@ -136,6 +136,8 @@ class Recipe:
             check_export_dir(cfg.transfer)  # before the data is read
         seed_everything(cfg.train.seed + self.rank)
         self._setup_data()
+        if saved is not None and saved.sampler:
+            self._check_sampler_state(saved)
         self.ds_config = build_ds_config(cfg, self.world)
         if self.universal_resume:
             self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
@@ -220,7 +222,35 @@ class Recipe:
         saved = ckpt.read_trainer_state(self.resume_from)
         if saved is not None:
             self._check_fingerprint(self.resume_from, saved.config_fingerprint)
+            self._check_sampler_config(saved)
         return saved
+
+    def _check_sampler_config(self, saved: TrainState) -> None:
+        """The global batch of every step is a function of the sampler's settings: a resume that changes them
+        would not continue the run. Refused before any data is read (the task sizes are checked once it is)."""
+        was = (saved.sampler or {}).get("config") or {}
+        c = self.cfg
+        now = {"global_batch_size": c.train.global_batch_size, "seed": c.train.seed,
+               "temperature": c.sampler.temperature, "mode": c.sampler.mode,
+               "group_by_length": c.sampler.group_by_length}
+        names = {"global_batch_size": "train.global_batch_size", "seed": "train.seed",
+                 "temperature": "sampler.temperature", "mode": "sampler.mode",
+                 "group_by_length": "sampler.group_by_length"}
+        diffs = [f"{names[k]}: {was[k]!r} in the checkpoint, {v!r} now" for k, v in now.items()
+                 if k in was and was[k] != v]
+        if diffs:
+            raise ConfigError(f"cannot resume from {self.resume_from}: {'; '.join(diffs)}. The sampled batches "
+                              "depend on these settings: resume with the checkpoint's values, or start a new output_dir")
+
+    def _check_sampler_state(self, saved: TrainState) -> None:
+        """After the data is read: the checkpoint's sampler must fit this run's task sizes (``data.n_train``,
+        ``data.train_subset_seed``, the data files), before the model and the engine are built."""
+        try:
+            self.sampler.load_state_dict(saved.sampler)
+        except ValueError as e:
+            raise ConfigError(f"cannot resume from {self.resume_from}: {e}; resume with the checkpoint's data "
+                              "settings (data.n_train, data.train_subset_seed, data.data_dir), or start a new "
+                              "output_dir") from None
 
     def _check_topology(self, saved: TrainState) -> None:
         """ZeRO 1-3 partition the optimizer state over the ranks that wrote it. On another number of ranks the

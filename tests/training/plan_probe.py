@@ -20,7 +20,9 @@ The holdings (:func:`holdings`) are storage bytes, each storage counted once (vi
   and of the master tensors, and the DeepSpeed optimizer's gradient attributes (every attribute whose name holds
   ``grad`` walked to depth 3); measured right after ``engine.backward`` and again inside the inner optimizer's
   ``step`` (when DeepSpeed has made the fp32 gradients it feeds Adam), the larger of the two;
-- ``buffers``: the reduce buckets (``ipg_buckets``) DeepSpeed allocated.
+- ``reduce_bucket``: the reduce buckets (``ipg_buckets``) DeepSpeed allocated (recorded when a bucket is reduced:
+  ZeRO 1-2 free them after backward);
+- ``allreduce_copy``: the largest gradient copy the engine flattens for an all-reduce (ZeRO-0, bf16 ZeRO-1).
 """
 from __future__ import annotations
 
@@ -87,10 +89,10 @@ def _sum(storages: dict[int, int]) -> int:
     return int(sum(storages.values()))
 
 
-def _collect(ts: Iterable[Any], exclude: set[int] = frozenset()) -> dict[int, int]:
+def _collect(ts: Iterable[Any], exclude: set[int] = frozenset(), scalars: bool = True) -> dict[int, int]:
     out: dict[int, int] = {}
     for t in ts:
-        if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() > 0:
+        if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() > 0 and (scalars or t.dim() > 0):
             ptr, n = _storage(t)
             if ptr not in exclude:
                 out[ptr] = n
@@ -126,10 +128,10 @@ def _gradient_storages(engine: Any, exclude: set[int]) -> dict[int, int]:
         for name in ("fp32_groups", "single_partition_of_fp32_groups", "fp32_partitioned_groups_flat",
                      "fp32_groups_flat_partition"):
             ts += [t.grad for t in _tensors(getattr(holder, name, None)) if t is not None]
-    return _collect(ts, exclude)
+    return _collect(ts, exclude, scalars=False)  # 0-dim ones are norms and flags, not gradients
 
 
-def holdings(engine: Any, peak_gradients: int) -> dict[str, int]:
+def holdings(engine: Any, peak_gradients: int, peak_buckets: int, allreduce_copy: int) -> dict[str, int]:
     module, inner = engine.module, _inner(engine)
     frozen = _param_storages(module, trainable=False)
     trainable = _param_storages(module, trainable=True)
@@ -140,10 +142,13 @@ def holdings(engine: Any, peak_gradients: int) -> dict[str, int]:
                  "fp32_groups"):
         masters.update(_collect(_tensors(getattr(engine.optimizer, name, None)), exclude=model_ptrs))
     state = _collect(t for s in inner.state.values() for t in s.values())
-    buckets = _collect(t for b in getattr(engine.optimizer, "ipg_buckets", {}).values()
-                       for t in _tensors(b.buffer))
     return {"frozen": _sum(frozen), "trainable": _sum(trainable), "master": _sum(masters),
-            "gradients": int(peak_gradients), "optimizer": _sum(state), "buffers": _sum(buckets)}
+            "gradients": int(peak_gradients), "optimizer": _sum(state),
+            "reduce_bucket": max(int(peak_buckets), _bucket_bytes(engine)), "allreduce_copy": int(allreduce_copy)}
+
+
+def _bucket_bytes(engine: Any) -> int:
+    return _sum(_collect(t for b in getattr(engine.optimizer, "ipg_buckets", {}).values() for t in _tensors(b.buffer)))
 
 
 def build(cid: str, world: int) -> tuple[Any, Any]:
@@ -160,18 +165,18 @@ def probe(cid: str, world: int) -> dict[str, int]:
     engine, _ = build(cid, world)
     try:
         def not_gradients() -> set[int]:
-            h = [engine.module.parameters()]
             ptrs = set(_param_storages(engine.module, True)) | set(_param_storages(engine.module, False))
             inner = _inner(engine)
             ptrs |= set(_collect(p for g in inner.param_groups for p in g["params"]))
             ptrs |= set(_collect(t for s in inner.state.values() for t in s.values()))
             ptrs |= set(_collect(t for b in getattr(engine.optimizer, "ipg_buckets", {}).values()
                                  for t in _tensors(b.buffer)))
-            del h
             return ptrs
 
-        seen: list[int] = []
-        inner = _inner(engine)
+        seen: list[int] = []  # gradient bytes at each instant measured
+        buckets: list[int] = [0]  # reduce-bucket bytes while they exist (ZeRO 1-2 release them after backward)
+        copies: list[int] = [0]  # the engine's flattened all-reduce copy (ZeRO-0, bf16 ZeRO-1)
+        inner, opt = _inner(engine), engine.optimizer
         original_step = inner.step
 
         def step(*args: Any, **kwargs: Any) -> Any:
@@ -179,6 +184,31 @@ def probe(cid: str, world: int) -> dict[str, int]:
             return original_step(*args, **kwargs)
 
         inner.step = step
+        if hasattr(opt, "flatten"):  # the moment ZeRO 1-3 flatten gradients into the fp32 copy Adam gets
+            original_flatten = opt.flatten
+
+            def flatten(tensors: Any) -> torch.Tensor:
+                flat = original_flatten(tensors)
+                seen.append(_sum({**_gradient_storages(engine, not_gradients()), **_collect([flat])}))
+                return flat
+
+            opt.flatten = flatten
+        if hasattr(opt, "reduce_ipg_grads"):
+            original_reduce = opt.reduce_ipg_grads
+
+            def reduce_ipg_grads(*args: Any, **kwargs: Any) -> Any:
+                buckets.append(_bucket_bytes(engine))
+                return original_reduce(*args, **kwargs)
+
+            opt.reduce_ipg_grads = reduce_ipg_grads
+        original_engine_flatten = engine.flatten
+
+        def engine_flatten(tensors: Any) -> torch.Tensor:
+            flat = original_engine_flatten(tensors)
+            copies.append(flat.numel() * flat.element_size())
+            return flat
+
+        engine.flatten = engine_flatten
         g = torch.Generator().manual_seed(1)
         ids = torch.randint(2, 200, (MICRO_BATCH, 9), generator=g)
         labels = torch.randint(2, 200, (MICRO_BATCH, 3), generator=g)
@@ -188,7 +218,7 @@ def probe(cid: str, world: int) -> dict[str, int]:
         seen.append(_sum(_gradient_storages(engine, not_gradients())))
         engine.step()
         inner.step = original_step
-        return holdings(engine, max(seen))
+        return holdings(engine, max(seen), max(buckets), max(copies))
     finally:
         engine.destroy()
         torch.nn.functional.linear = _TORCH_LINEAR

@@ -231,3 +231,29 @@ def test_preemption_at_a_checkpoint_step_saves_once_and_resumes_exactly(runs, tm
     assert resumed.keys() == reference.keys()
     for step in reference:
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
+
+
+@pytest.mark.parametrize("override, expected, before_data", [
+    ("sampler.temperature=2.0", "sampler.temperature: 10.0 in the checkpoint, 2.0 now", True),
+    ("train.global_batch_size=16", "train.global_batch_size: 8 in the checkpoint, 16 now", True),
+    ("data.n_train=40", "sampler state was saved with another configuration", False),
+])
+def test_resume_with_other_sampling_is_refused_before_the_model_is_built(runs, tmp_path: Path, override, expected,
+                                                                         before_data):
+    """The global batch of every step is a function of the sampler's settings and the task sizes: a resume that
+    changes them is refused with one line before the model is built (the settings before any data is read), and
+    the run directory is left as it was."""
+    run = tmp_path / "other-sampling"
+    shutil.copytree(runs("fp32-z0-1p").dir, run)
+    before = sorted((p.relative_to(run).as_posix(), p.stat().st_size) for p in run.rglob("*") if p.is_file())
+    log = tmp_path / "resume.log"
+    proc = launch(["-m", "hyperscale.train"], [str(TINY), f"output_dir={run}", "deepspeed.zero_stage=0", override,
+                                               "train.max_steps=14", "--resume", "auto"], 1, log, timeout=180)
+    text = log.read_text()
+    assert proc.returncode == 2, text[-3000:]
+    [line] = _error_lines(text)
+    assert expected in line, line
+    assert "model:" not in text
+    assert ("data:" not in text) == before_data
+    after = sorted((p.relative_to(run).as_posix(), p.stat().st_size) for p in run.rglob("*") if p.is_file())
+    assert after == before
