@@ -85,10 +85,10 @@ HASH_MAX_ELEMS = 1 << 20  # larger tensors are hashed on a strided sample plus t
 HASH_VERSION = 3  # of the digest's definition: part of the file-hash cache's key
 
 
-def backbone_hash(params: Iterable[tuple[str, torch.Tensor]], max_elems: int = HASH_MAX_ELEMS) -> Optional[str]:
+def backbone_hash(params: Iterable[tuple[str, torch.Tensor]]) -> Optional[str]:
     """A fingerprint of (frozen) backbone weights, stable across fp32/bf16 loading.
 
-    Values are rounded to bf16 before hashing. Tensors above ``max_elems`` elements are hashed on a
+    Values are rounded to bf16 before hashing. Tensors above ``HASH_MAX_ELEMS`` elements are hashed on a
     deterministic strided sample plus the fp64 sum of all their bf16-rounded values (a full pass over the bytes
     would take minutes for 11B). Returns None for meta or ZeRO-3-partitioned tensors, which hold no values here:
     :func:`backbone_file_hash` computes the same digest from the checkpoint files instead.
@@ -104,20 +104,20 @@ def backbone_hash(params: Iterable[tuple[str, torch.Tensor]], max_elems: int = H
 HASH_BLOCK = 1 << 16  # elements per block of the sum; also the most a file hash reads at a time (whole rows)
 
 
-def _hash_tensor(h: Any, name: str, shape: tuple, chunks: Iterable[torch.Tensor], max_elems: int = HASH_MAX_ELEMS) -> None:
+def _hash_tensor(h: Any, name: str, shape: tuple, chunks: Iterable[torch.Tensor]) -> None:
     """One tensor's contribution to :func:`backbone_hash`, from its flattened values in consecutive ``chunks`` whose
     boundaries fall on multiples of ``HASH_BLOCK`` (a whole tensor from a module, pieces from a file): its name and
-    shape, above ``max_elems`` elements the exact sum of its bf16 values (``math.fsum`` of each block's fp64 sum,
+    shape, above ``HASH_MAX_ELEMS`` elements the exact sum of its bf16 values (``math.fsum`` of each block's fp64 sum,
     so any chunking gives the same digest), and a digest of the bf16 bytes of its elements at multiples of
-    ``numel // max_elems``, fed chunk by chunk."""
+    ``numel // HASH_MAX_ELEMS``, fed chunk by chunk."""
     numel = math.prod(shape)
-    step = max(1, numel // max_elems)
+    step = max(1, numel // HASH_MAX_ELEMS)
     sums: list[float] = []
     sample = hashlib.sha256()
     offset = 0
     for chunk in chunks:
         t = chunk.reshape(-1).to(torch.bfloat16)
-        if numel > max_elems:
+        if numel > HASH_MAX_ELEMS:
             full = t.numel() // HASH_BLOCK * HASH_BLOCK
             sums += t[:full].view(-1, HASH_BLOCK).sum(1, dtype=torch.float64).tolist()
             if full < t.numel():
@@ -125,7 +125,7 @@ def _hash_tensor(h: Any, name: str, shape: tuple, chunks: Iterable[torch.Tensor]
         sample.update(t[(-offset) % step::step].view(torch.int16).cpu().numpy().tobytes())
         offset += chunk.numel()
     h.update(f"{name}:{tuple(shape)}".encode())
-    if numel > max_elems:
+    if numel > HASH_MAX_ELEMS:
         h.update(repr(round(math.fsum(sums), 2)).encode())
     h.update(sample.digest())
 

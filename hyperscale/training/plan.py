@@ -167,8 +167,8 @@ def model_states(params: tuple[ParamSpec, ...], z: ZeroSettings, world: int, ran
         F = math.ceil(N / (2 * W)) * 2 * W  # the flat buffer, padded to nccl_start_alignment_factor x ranks
         P = F // W
         out = {"frozen": sum(frozen) * e, "trainable": F * e, "master": 4 * P, "optimizer": 8 * P + 4}
-        # several ranks: reducing a bucket flattens its gradients (at most reduce_bucket_size elements) into a copy
-        copy = min(N, z.reduce_bucket_size) * e if W > 1 else 0
+        # reducing a bucket flattens its gradients (at most reduce_bucket_size elements) into a copy
+        copy = min(N, z.reduce_bucket_size) * e
         if z.bf16_optimizer:  # fp32 gradients of the whole flat buffer, plus the bf16 ones until the step
             out["gradients"] = 4 * F + e * N
         elif acc == 4 and e != 4:  # one fp32 partition the reduced buckets are added into
@@ -192,7 +192,7 @@ def model_states(params: tuple[ParamSpec, ...], z: ZeroSettings, world: int, ran
     for p, whole in zip(params, persistent):
         part = math.ceil(p.numel / W)
         on_gpu = part * e if (whole or not z.offload_param) else 0  # persistent partitions stay on the device
-        size = on_gpu + (p.numel * e if whole else 0)
+        size = on_gpu + (p.numel * e if whole and W > 1 else 0)  # one rank: the partition is the whole tensor
         if p.trainable:
             trainable_b += size
             parts.append(part)
@@ -212,11 +212,11 @@ def buffer_parts(params: tuple[ParamSpec, ...], z: ZeroSettings, world: int) -> 
     e, W = z.element_size, int(world)
     N = sum(p.numel for p in params if p.trainable)
     parts = {"reduce_bucket": 0, "allreduce_copy": 0, "live_parameters": 0}
-    if z.stage == 0 or z.bf16_optimizer:  # the engine flattens the gradients to all-reduce them
-        parts["allreduce_copy"] = min(N, ALLREDUCE_BUCKET) * (4 if z.bf16_optimizer else e) if W > 1 else 0
+    if z.stage == 0 or z.bf16_optimizer:  # the engine flattens the gradients to all-reduce them (one rank too)
+        parts["allreduce_copy"] = min(N, ALLREDUCE_BUCKET) * (4 if z.bf16_optimizer else e)
     elif z.contiguous_gradients:  # allocated whole, however few elements the trainable parameters have
         parts["reduce_bucket"] = z.reduce_bucket_size * e * (2 if z.overlap_comm and z.stage < 3 else 1)
-    if z.stage == 3:  # gathered into fresh full tensors (on one rank too)
+    if z.stage == 3 and W > 1:  # gathered into fresh full tensors (one rank uses its partition as it is)
         persistent = _persistent(params, z)
         gathered = sum(p.numel for p, whole in zip(params, persistent) if not whole)
         parts["live_parameters"] = min(z.max_live_parameters, gathered) * e

@@ -189,7 +189,8 @@ def probe(cid: str, world: int) -> dict[str, int]:
 
             def flatten(tensors: Any) -> torch.Tensor:
                 flat = original_flatten(tensors)
-                seen.append(_sum({**_gradient_storages(engine, not_gradients()), **_collect([flat])}))
+                excluded = not_gradients()  # a flattened view of a reduce bucket is no new storage
+                seen.append(_sum({**_gradient_storages(engine, excluded), **_collect([flat], excluded)}))
                 return flat
 
             opt.flatten = flatten
