@@ -28,7 +28,8 @@ DESCRIPTION = "Per-GPU memory of a run under each ZeRO stage, what fits, and whi
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("plan", help=DESCRIPTION, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("plan", help=DESCRIPTION, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", default=None, help="run config YAML (default: the embedded default)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.micro_batch_size=32")
     p.add_argument("--gpus-per-node", type=int, required=True, help="GPUs (ranks) per node")

@@ -3,24 +3,26 @@
 For ZeRO stages 0, 1, 2, 3 and 3 with offload, per GPU (ranks = GPUs per node x nodes), in bytes:
 
 - ``frozen``: the frozen backbone's weights in the run's precision; whole below ZeRO-3; under ZeRO-3 each rank's
-  partition (``ceil(numel / ranks)`` per tensor) plus, whole, the tensors DeepSpeed keeps whole (at most
-  ``stage3_param_persistence_threshold`` elements each) and hyperscale's hypernetwork bank
+  partition (``ceil(numel / ranks)`` per tensor) plus, on several ranks, whole copies of the tensors DeepSpeed keeps
+  whole (at most ``stage3_param_persistence_threshold`` elements each) and of hyperscale's hypernetwork bank
   (:func:`hyperscale.training.engine._persist_bank`); with offload only those stay on the GPU;
 - ``trainable``: the trainable weights as the engine holds them (ZeRO 1-2 flatten them into one buffer padded
   to a multiple of 2 x ranks elements; ZeRO-3 into partitions, plus whole copies of the persistent ones);
 - ``master``: the fp32 copies the optimizer updates (ZeRO 1-3 keep one per rank's partition, in fp32 runs too;
   ZeRO-0 only in bf16/fp16 runs);
-- ``gradients``: the most gradient storage the engine holds during a step (after backward, or while it builds
-  the fp32 gradient it hands Adam, whichever is larger);
+- ``gradients``: the most gradient storage the engine holds at any of these moments of a step: after backward,
+  while it flattens a reduce bucket's gradients into a copy to reduce them (ZeRO 1-2), while it flattens its
+  partition's gradients into the fp32 gradient it hands Adam, and inside Adam's step;
 - ``optimizer``: Adam's two fp32 states per master element and its step counters;
 - ``activations``: one micro-batch's forward and backward at ``data.max_source_length`` /
   ``max_target_length``, measured on fake tensors (:mod:`hyperscale.training.activations`), with gradient
   checkpointing as the run sets it;
-- ``buffers``: DeepSpeed's working buffers from the run's DeepSpeed config: the reduce bucket
-  (``reduce_bucket_size`` elements, two with ``overlap_comm``, ZeRO 1-2 and 3), the flattened all-reduce copy of
-  the gradients (ZeRO-0 and bf16 ZeRO-1 on several ranks, at most 5e8 elements), and under ZeRO-3 the gathered
-  parameters alive at once (at most ``stage3_max_live_parameters`` elements, which bounds the prefetch of
-  ``stage3_prefetch_bucket_size`` too);
+- ``buffers``: DeepSpeed's working buffers from the run's DeepSpeed config: the reduce bucket (``reduce_bucket_size``
+  elements, allocated whole however few the trainable parameters are; two with ``overlap_comm`` at ZeRO 1-2; none
+  for bf16 ZeRO-1, whose BF16_Optimizer has none), the engine's flattened all-reduce copy of the gradients (ZeRO-0
+  and bf16 ZeRO-1, at most 5e8 elements), and under ZeRO-3 on several ranks the gathered parameters alive at once,
+  counted at their bound, ``stage3_max_live_parameters`` elements (which bounds the ``stage3_prefetch_bucket_size``
+  prefetch too), or every partitioned parameter when there are fewer;
 - ``allowance``: :data:`ALLOWANCE_BYTES` for the CUDA context and the caching allocator's fragmentation;
 - ``total``.
 
@@ -100,10 +102,11 @@ def zero_settings(ds: dict) -> ZeroSettings:
     z = DeepSpeedZeroConfig(**dict(ds.get("zero_optimization", {})))
     e = 2 if ds.get("bf16", {}).get("enabled") or ds.get("fp16", {}).get("enabled") else 4
     acc_name = str(ds.get("data_types", {}).get("grad_accum_dtype", "") or "")
-    acc = 4 if acc_name in ("fp32", "float32", "float") else 2 if acc_name in ("bf16", "fp16", "bfloat16", "float16") else e
+    acc = {"fp32": 4, "float32": 4, "float": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}.get(acc_name, e)
 
     def offloaded(section: Any) -> bool:
-        return section is not None and str(getattr(section, "device", "none")).split(".")[-1].lower() not in ("none", "")
+        device = str(getattr(section, "device", "none")).split(".")[-1].lower()
+        return section is not None and device not in ("none", "")
 
     stage = int(z.stage)
     return ZeroSettings(stage=stage, element_size=e, accumulation_size=acc,
@@ -323,15 +326,13 @@ def _divisors_up_to(n: int, cap: int) -> int:
 
 
 class _Activations:
-    """Activation bytes by micro-batch for one checkpointing setting: measured at two sizes, affine in between
-    (every activation has the batch dimension; checked against a measurement at the size it predicts)."""
+    """Activation bytes by micro-batch for one checkpointing setting, measured (a fake step each, cached). The
+    search for the largest micro-batch that fits measures the cap first; only when that does not fit does it
+    estimate from an affine fit through two measurements (every activation has the batch dimension) and step down
+    until a measurement fits."""
 
-    def __init__(self, stepper: FakeStepper, checkpointing: bool, reference: int) -> None:
+    def __init__(self, stepper: FakeStepper, checkpointing: bool) -> None:
         self.stepper, self.checkpointing = stepper, checkpointing
-        b0 = max(1, reference)
-        a0, a1 = stepper.peak(b0, checkpointing), stepper.peak(2 * b0, checkpointing)
-        self.slope = max(1.0, (a1 - a0) / b0)
-        self.intercept = a0 - self.slope * b0
 
     def __call__(self, batch_size: int) -> int:
         return self.stepper.peak(batch_size, self.checkpointing)
@@ -340,9 +341,15 @@ class _Activations:
         """The largest batch size <= cap whose measured activations fit ``budget`` (0 if none)."""
         if cap < 1 or budget <= 0:
             return 0
-        b = min(cap, int((budget - self.intercept) // self.slope))
-        while b >= 1 and self(b) > budget:  # the affine estimate was short: step down by what it missed
-            b -= max(1, math.ceil((self(b) - budget) / self.slope))
+        if self(cap) <= budget:
+            return cap
+        if cap == 1:
+            return 0
+        low = max(1, cap // 2)
+        slope = max(1.0, (self(cap) - self(low)) / (cap - low))
+        b = min(cap - 1, int((budget - (self(low) - slope * low)) // slope))
+        while b >= 1 and self(b) > budget:  # the estimate was short: step down by what it missed
+            b -= max(1, math.ceil((self(b) - budget) / slope))
         return max(0, b)
 
 
@@ -365,9 +372,9 @@ def make_plan(cfg: RunConfig, gpus_per_node: int, nodes: int = 1, gpu_memory: Op
     del model
     stepper = stepper or FakeStepper(cfg)
     ckpt = cfg.model.gradient_checkpointing
-    acts = _Activations(stepper, ckpt, micro)
+    acts = _Activations(stepper, ckpt)
     activations = acts(micro)
-    rows, needs_at_one = [], {}
+    rows, fixed_bytes = [], {}
     for stage, offload in STAGES:
         z = zero_settings(_stage_config(cfg, stage, offload, world))
         states = rank_states(params, z, world)
@@ -376,16 +383,19 @@ def make_plan(cfg: RunConfig, gpus_per_node: int, nodes: int = 1, gpu_memory: Op
                "allowance": ALLOWANCE_BYTES}
         per["total"] = sum(per[k] for k in CATEGORIES[:-1])
         usable = _divisors_up_to(per_rank_batch, acts.largest(memory - fixed, per_rank_batch))
-        needs_at_one[(stage, offload)] = fixed + acts(1)
+        fixed_bytes[(stage, offload)] = fixed
         rows.append(StagePlan(stage, offload, per, per["total"] <= memory, usable))
     other = stepper.peak(micro, not ckpt)
     n_frozen = sum(p.numel for p in params if not p.trainable)
     n_train = sum(p.numel for p in params if p.trainable)
-    plan_args = dict(stages=tuple(rows), gpu_memory=memory, gpus_per_node=gpus_per_node, nodes=nodes,
-                     micro_batch_size=micro, gradient_checkpointing=ckpt, activations_other=other,
-                     parameters={"frozen": n_frozen, "trainable": n_train})
-    recommended = _recommend(cfg, rows, world, per_rank_batch, memory, needs_at_one, params, stepper)
-    return Plan(recommended=recommended, **plan_args)
+
+    def need_at_one(key: tuple) -> int:  # a stage's total at micro-batch 1 (measured only when a message needs it)
+        return fixed_bytes[key] + acts(1)
+
+    recommended = _recommend(cfg, rows, world, per_rank_batch, memory, need_at_one, params, stepper)
+    return Plan(stages=tuple(rows), recommended=recommended, gpu_memory=memory, gpus_per_node=gpus_per_node,
+                nodes=nodes, micro_batch_size=micro, gradient_checkpointing=ckpt, activations_other=other,
+                parameters={"frozen": n_frozen, "trainable": n_train})
 
 
 def _order(cfg: RunConfig, rows: list, per_rank_batch: int) -> list:
@@ -399,37 +409,46 @@ def _order(cfg: RunConfig, rows: list, per_rank_batch: int) -> list:
     return order
 
 
-def _recommend(cfg: RunConfig, rows: list, world: int, per_rank_batch: int, memory: int, needs_at_one: dict,
+def _recommend(cfg: RunConfig, rows: list, world: int, per_rank_batch: int, memory: int, need_at_one: Any,
                params: tuple, stepper: FakeStepper) -> Recommendation:
     order = _order(cfg, rows, per_rank_batch)
     chosen = next((r for r in order if r.max_micro_batch >= 1), None)
     if chosen is None:
-        raise ConfigError(_fits_nowhere(cfg, world, memory, needs_at_one, params, stepper))
+        raise ConfigError(_fits_nowhere(cfg, world, memory, {key: need_at_one(key) for key in STAGES}, params,
+                                        stepper))
     mb = chosen.max_micro_batch
     accum = per_rank_batch // mb
-    used = chosen.per_gpu_bytes["total"] - chosen.per_gpu_bytes["activations"] + stepper.peak(mb, cfg.model.gradient_checkpointing)
+    per = chosen.per_gpu_bytes
+    used = per["total"] - per["activations"] + stepper.peak(mb, cfg.model.gradient_checkpointing)
     where = f"{_gib(used)} of {_gib(memory)} per GPU at micro-batch {mb}" + (
         f" x {accum} accumulation steps" if accum > 1 else "")
     frozen_total = sum(p.numel for p in params if not p.trainable) * ELEMENT_SIZE[cfg.train.precision]
     if chosen.zero_stage < 3:
         why_not_0 = (" (ahead of ZeRO-0, whose bf16/fp16 gradients would accumulate in low precision)"
                      if chosen.zero_stage == 1 and order[0] is chosen and rows[0].max_micro_batch else "")
-        reason = (f"ZeRO-{chosen.zero_stage}{why_not_0}: the frozen backbone fits replicated ({where}); ZeRO-3 would "
-                  f"all-gather its {_gib(frozen_total)} in every forward and backward")
+        what = "the frozen backbone" if frozen_total else "the model"
+        reason = (f"ZeRO-{chosen.zero_stage}{why_not_0}: {what} fits replicated ({where}); ZeRO-3 would all-gather "
+                  f"its {_gib(frozen_total or _weights(params, cfg))} in every forward and backward")
     elif not chosen.offload:
-        replicated = min(needs_at_one[(s, False)] for s in (0, 1, 2))
+        replicated = min(need_at_one((s, False)) for s in (0, 1, 2))
         reason = (f"ZeRO-3: a replicated backbone does not fit (ZeRO 0-2 need at least {_gib(replicated)} per GPU "
                   f"at micro-batch 1); sharded over {world} GPUs it needs {where}")
     else:
-        sharded = needs_at_one[(3, False)]
+        sharded = need_at_one((3, False))
         reason = (f"ZeRO-3 with offload: nothing else fits (ZeRO-3 needs {_gib(sharded)} per GPU at micro-batch 1); "
                   f"parameters and optimizer states live in host memory ({where}), which is slow")
+    if cfg.train.compile and chosen.zero_stage == 3:
+        reason += "; train.compile=true works with ZeRO 0-2 only, so set train.compile=false"
     if cfg.train.micro_batch_size > per_rank_batch:
         reason += (f"; train.global_batch_size / GPUs = {per_rank_batch} examples per GPU caps the configured "
                    f"train.micro_batch_size={cfg.train.micro_batch_size}")
     elif mb < cfg.train.micro_batch_size:
         reason += f"; the configured train.micro_batch_size={cfg.train.micro_batch_size} does not fit"
     return Recommendation(chosen.zero_stage, chosen.offload, mb, reason)
+
+
+def _weights(params: tuple, cfg: RunConfig) -> int:
+    return sum(p.numel for p in params) * ELEMENT_SIZE[cfg.train.precision]
 
 
 def _fits_nowhere(cfg: RunConfig, world: int, memory: int, needs_at_one: dict, params: tuple,
@@ -441,9 +460,11 @@ def _fits_nowhere(cfg: RunConfig, world: int, memory: int, needs_at_one: dict, p
         saved = stepper.peak(1, False) - stepper.peak(1, True)
         if least - saved <= memory:
             fixes.append("model.gradient_checkpointing=true")
-    z3 = zero_settings(_stage_config(cfg, 3, True, world))
     for more in (2, 4, 8, 16, 32, 64, 128, 256):
         ranks = world * more
+        if cfg.train.global_batch_size % ranks:
+            continue
+        z3 = zero_settings(_stage_config(cfg, 3, False, ranks))
         need = (sum(rank_states(params, z3, ranks).values()) + deepspeed_buffers(params, z3, ranks) + ALLOWANCE_BYTES
                 + stepper.peak(1, ckpt))
         if need <= memory:
