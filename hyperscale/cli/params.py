@@ -21,17 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForSeq2SeqLM,
-    MT5ForConditionalGeneration,
-    T5ForConditionalGeneration,
-)
+from transformers import AutoConfig
 
 from ..errors import ConfigError
 from ..modeling.config import METHODS, ArchConfig, HyperscaleConfig
 from ..modeling.model import HyperscaleModel
-from ..modeling.presets import PRESETS, preset_config, preset_ties_head, untie_lm_head
+from ..modeling.presets import PRESETS, backbone_from_config, preset_config, preset_ties_head
 
 DESCRIPTION = "Print the parameter report (trainable by group, total, % per task) without allocating weights."
 
@@ -75,14 +70,7 @@ def build_report(backbone: str, method: str, tasks: list[str], reduction_factor:
     config = HyperscaleConfig(method=method, tasks=list(tasks), reduction_factor=reduction_factor,
                               backbone_id=backbone, **arch)
     with torch.device("meta"):
-        if cfg.model_type == "mt5":
-            model = MT5ForConditionalGeneration(cfg)
-        elif cfg.model_type == "t5":
-            model = T5ForConditionalGeneration(cfg)
-        else:
-            model = AutoModelForSeq2SeqLM.from_config(cfg)
-        if not tied and hasattr(model, "lm_head") and hasattr(model, "shared"):
-            untie_lm_head(model)
+        model = backbone_from_config(cfg, tied)
         wrapped = HyperscaleModel(model, config, compute_hash=False)
     return wrapped.parameter_report()
 

@@ -6,6 +6,8 @@ device without allocating weights.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import T5Config
@@ -74,3 +76,19 @@ def untie_lm_head(model: nn.Module) -> nn.Module:
 
 def preset_ties_head(name: str) -> bool:
     return bool(PRESETS[name.removeprefix("preset:")]["tie_word_embeddings"])
+
+
+def backbone_from_config(config: Any, tied_head: bool) -> nn.Module:
+    """A T5-family model built from ``config`` in the current device and dtype context (the meta device for a
+    skeleton), with its own LM head unless ``tied_head`` (v1.1, flan-t5 and mT5 checkpoints have one)."""
+    from transformers import AutoModelForSeq2SeqLM, MT5ForConditionalGeneration, T5ForConditionalGeneration
+
+    if config.model_type == "mt5":
+        model = MT5ForConditionalGeneration(config)
+    elif config.model_type == "t5":
+        model = T5ForConditionalGeneration(config)
+    else:
+        model = AutoModelForSeq2SeqLM.from_config(config)
+    if not tied_head and hasattr(model, "lm_head") and hasattr(model, "shared"):
+        untie_lm_head(model)
+    return model

@@ -42,7 +42,7 @@ from torch.utils._pytree import tree_leaves
 from ..errors import ConfigError
 from ..modeling.config import HyperscaleConfig
 from ..modeling.model import HyperscaleModel
-from ..modeling.presets import PRESETS, preset_config, preset_ties_head, untie_lm_head
+from ..modeling.presets import PRESETS, backbone_from_config, preset_config, preset_ties_head
 from .config import RunConfig
 from .engine import forward_loss
 
@@ -133,22 +133,13 @@ def backbone_config(spec: str) -> tuple[Any, bool]:
 def build_model(cfg: RunConfig, dtype: torch.dtype, context: Any) -> HyperscaleModel:
     """The run's model (architecture, tasks, dropout, gradient checkpointing as the trainer sets them up) built
     inside ``context`` (``torch.device("meta")`` or a ``FakeTensorMode``) in ``dtype``: no weights allocated."""
-    from transformers import AutoModelForSeq2SeqLM, MT5ForConditionalGeneration, T5ForConditionalGeneration
-
     bcfg, tied = backbone_config(cfg.model.backbone)
     config = HyperscaleConfig(tasks=list(cfg.data.tasks), backbone_id=cfg.model.backbone, **cfg.model.arch_dict())
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # a fake module cannot be cast afterwards ("Couldn't swap Embedding.weight")
     try:
         with context:
-            if bcfg.model_type == "mt5":
-                backbone = MT5ForConditionalGeneration(bcfg)
-            elif bcfg.model_type == "t5":
-                backbone = T5ForConditionalGeneration(bcfg)
-            else:
-                backbone = AutoModelForSeq2SeqLM.from_config(bcfg)
-            if not tied and hasattr(backbone, "lm_head") and hasattr(backbone, "shared"):
-                untie_lm_head(backbone)
+            backbone = backbone_from_config(bcfg, tied)
             model = HyperscaleModel(backbone, config, compute_hash=False)
     finally:
         torch.set_default_dtype(previous)

@@ -47,7 +47,7 @@ from ..modeling.model import (
     HyperscaleModel,
     load_backbone,
 )
-from ..modeling.presets import untie_lm_head
+from ..modeling.presets import backbone_from_config
 from .checkpoint import COMPLETE, read_trainer_state, resolve_checkpoint, safe_load
 from .config import DataConfig, EvalConfig, TrainConfig
 
@@ -174,14 +174,11 @@ def _skeleton(config: HyperscaleConfig, backbone_dir: Path) -> HyperscaleModel:
     """The model of ``config`` on the meta device (names, shapes, which weights train; no memory), built from
     the backbone directory's ``config.json`` the way loading it would (a separate LM head where the files
     hold one)."""
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+    from transformers import AutoConfig
 
     bb_config = AutoConfig.from_pretrained(str(backbone_dir))
     with torch.device("meta"):
-        backbone = AutoModelForSeq2SeqLM.from_config(bb_config)
-        if getattr(backbone, "lm_head", None) is not None and backbone.lm_head.weight is backbone.shared.weight \
-                and holds_separate_head(weight_files(backbone_dir)):
-            untie_lm_head(backbone)
+        backbone = backbone_from_config(bb_config, tied_head=not holds_separate_head(weight_files(backbone_dir)))
         return HyperscaleModel(backbone, dataclasses.replace(config, backbone_hash=None), compute_hash=False)
 
 
