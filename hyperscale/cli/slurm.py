@@ -40,6 +40,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..training.config import load_config
+from ..training.geometry import batch_geometry
 
 __all__ = ["add_parser", "run", "rank_table", "render_script", "format_rank_table"]
 
@@ -181,7 +182,9 @@ def _validate(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    load_config(args.config, list(args.overrides))  # the trainer would refuse the job later: refuse it now
+    cfg = load_config(args.config, list(args.overrides))  # the trainer would refuse the job later: refuse it now
+    # the global batch must split over nodes x ranks per node (the trainer checks it again at start-up)
+    batch_geometry(cfg, args.nodes * max(args.gpus_per_node, 1))
 
 
 def render_script(args: argparse.Namespace, script: Path, log: str, workdir: Path,

@@ -20,16 +20,20 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ..data.tasks import get_task
+from ..data.specs import registry_from_config
 from ..errors import ConfigError
 from ..modeling.config import ArchConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+# train.micro_batch_size and deepspeed.zero_stage: a number, or "auto", resolved once the world size (and the
+# device's memory) is known (hyperscale.training.geometry.resolve_auto); RUN/config.yaml records the value chosen
+AUTO = "auto"
+IntOrAuto = Union[int, Literal["auto"]]
 
 
 @dataclass(frozen=True)
@@ -64,9 +68,15 @@ class DataConfig:
     pad_to_multiple_of: int = 0
     stsb_grid: float = 0.2
     cache_dir: Optional[str] = None  # tokenized data; default $HYPERSCALE_CACHE/tokenized or ~/.cache/hyperscale/tokenized
+    # tasks of your own (README "Your own tasks"): specs written here, and YAML files holding specs; their names
+    # then work in data.tasks like the built-in tasks' (hyperscale.data.specs)
+    task_specs: list = field(default_factory=list)
+    task_files: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", list(self.tasks))  # its own list: the caller's is never shared
+        object.__setattr__(self, "task_specs", list(self.task_specs or []))
+        object.__setattr__(self, "task_files", list(self.task_files or []))
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,9 @@ class SamplerConfig:
 class TrainConfig:
     max_steps: int = 1000
     global_batch_size: int = 32
-    micro_batch_size: int = 32
+    # examples per rank per forward/backward; auto: the largest that divides global_batch_size / world size, at
+    # most what the memory plan fits on a GPU (CPU: at most geometry.CPU_MICRO_BATCH_CAP); see README "Training"
+    micro_batch_size: IntOrAuto = AUTO
     lr: float = 3e-4
     warmup_steps: int = 500
     weight_decay: float = 0.0
@@ -109,7 +121,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DeepSpeedConfig:
-    zero_stage: int = 2
+    # 0-3, or auto: the stage the memory plan recommends for this device's memory (hyperscale.training.plan)
+    zero_stage: IntOrAuto = 2
     offload: bool = False  # ZeRO-3 parameter + optimizer offload to CPU
     config: Optional[str] = None  # a user's DeepSpeed JSON; checked against this run config
     build_sharded: bool = False  # ZeRO-3: build the backbone straight into shards (never whole on one rank)
@@ -144,6 +157,7 @@ class LoggingConfig:
     every_steps: int = 10
     tensorboard: bool = True
     progress_bar: bool = True
+    verbose: bool = False  # third-party progress bars and banners, eval lines per task (hyperscale train --verbose)
 
 
 @dataclass(frozen=True)
@@ -243,6 +257,12 @@ def _hint(key: str, known: list[str]) -> str:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
+    if tp == IntOrAuto:
+        if isinstance(value, str) and value.strip().lower() == AUTO:
+            return AUTO
+        if isinstance(value, bool) or not (isinstance(value, int) or isinstance(value, float) and value.is_integer()):
+            raise ConfigError(f"{where} must be an integer or auto, got {value!r}")
+        return int(value)
     origin = get_origin(tp)
     if origin is Union:
         args = [a for a in get_args(tp) if a is not type(None)]
@@ -381,17 +401,20 @@ def validate(cfg: RunConfig) -> None:
     need(m.dropout is None or 0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
     need(len(d.tasks) > 0, "data.tasks is empty: list at least one task, e.g. data.tasks=[rte,mrpc]")
     need(len(set(d.tasks)) == len(d.tasks), f"data.tasks has duplicates: {d.tasks}")
+    registry = registry_from_config(d)  # every spec checked (its keys, its files' columns) before anything runs
     for name in d.tasks:
         try:
-            get_task(name)
+            registry.get(name)
         except ValueError as e:
             raise ConfigError(f"data.tasks: {e}") from None
     need(d.max_source_length > 0 and d.max_target_length > 0, "data.max_*_length must be positive")
     need(t.max_steps > 0, f"train.max_steps must be positive, got {t.max_steps}")
-    need(t.global_batch_size > 0 and t.micro_batch_size > 0, "train.global_batch_size and micro_batch_size must be > 0")
-    need(t.global_batch_size % t.micro_batch_size == 0,
+    micro_auto = t.micro_batch_size == AUTO
+    need(t.global_batch_size > 0 and (micro_auto or t.micro_batch_size > 0),
+         "train.global_batch_size and train.micro_batch_size must be > 0 (micro_batch_size may be auto)")
+    need(micro_auto or t.global_batch_size % t.micro_batch_size == 0,
          f"train.global_batch_size ({t.global_batch_size}) must be a multiple of train.micro_batch_size "
-         f"({t.micro_batch_size}) x world size")
+         f"({t.micro_batch_size}) x world size; train.micro_batch_size=auto picks one that divides it")
     for key in ("lr", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "grad_clip"):
         need(math.isfinite(getattr(t, key)), f"train.{key} must be a finite number, got {getattr(t, key)}")
     need(t.lr > 0, f"train.lr must be positive, got {t.lr}")
@@ -418,9 +441,14 @@ def validate(cfg: RunConfig) -> None:
     need(t.precision != "fp16" or t.allow_fp16,
          "train.precision=fp16 overflows with T5 activations; use bf16, or set train.allow_fp16=true to accept the risk")
     need(t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}")
-    need(cfg.deepspeed.zero_stage in (0, 1, 2, 3), f"deepspeed.zero_stage must be 0-3, got {cfg.deepspeed.zero_stage}")
-    need(not cfg.deepspeed.offload or cfg.deepspeed.zero_stage == 3, "deepspeed.offload needs deepspeed.zero_stage=3")
-    need(not cfg.deepspeed.build_sharded or cfg.deepspeed.zero_stage == 3,
+    stage = cfg.deepspeed.zero_stage
+    need(stage in (0, 1, 2, 3, AUTO), f"deepspeed.zero_stage must be 0-3 or auto, got {stage}")
+    need(not cfg.deepspeed.offload or stage == 3,
+         "deepspeed.offload needs deepspeed.zero_stage=3" + (" (zero_stage=auto turns offload on itself where nothing "
+                                                              "else fits: leave deepspeed.offload=false)"
+                                                              if stage == AUTO else ""))
+    # under zero_stage=auto, build_sharded applies if the stage chosen is 3
+    need(not cfg.deepspeed.build_sharded or stage in (3, AUTO),
          "deepspeed.build_sharded needs deepspeed.zero_stage=3 (only ZeRO-3 shards parameters)")
     need(cfg.sampler.mode in ("same-task", "mixed"), f"sampler.mode must be same-task or mixed, got {cfg.sampler.mode!r}")
     need(cfg.sampler.temperature > 0, "sampler.temperature must be > 0")

@@ -7,12 +7,14 @@ precision, ZeRO stage) is written by the trainer, so the two never disagree. A u
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import warnings
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, RunConfig
+from .config import AUTO, ConfigError, RunConfig
+from .geometry import batch_geometry
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
 
@@ -44,14 +46,15 @@ def _fill(node: dict, key: str, value: Any, where: str, src: str) -> None:
 
 
 def build_ds_config(cfg: RunConfig, world_size: int) -> dict:
-    t = cfg.train
-    if t.global_batch_size % (t.micro_batch_size * world_size):
-        raise ConfigError(
-            f"train.global_batch_size={t.global_batch_size} is not divisible by micro_batch_size x world size "
-            f"= {t.micro_batch_size} x {world_size}; the global batch stays fixed across GPU counts, so pick a "
-            f"micro_batch_size that divides {t.global_batch_size // world_size if t.global_batch_size % world_size == 0 else 'it'}"
-        )
-    accum = t.global_batch_size // (t.micro_batch_size * world_size)
+    """The DeepSpeed config of ``cfg`` on ``world_size`` ranks. ``deepspeed.zero_stage`` must be a number (the
+    trainer resolves ``auto`` first: :func:`hyperscale.training.geometry.resolve_auto`); an ``auto`` micro-batch
+    takes the largest divisor of the per-rank batch up to the CPU cap (:func:`geometry.batch_geometry`)."""
+    if cfg.deepspeed.zero_stage == AUTO:
+        raise ConfigError("deepspeed.zero_stage=auto is resolved by the trainer before the DeepSpeed config is built "
+                          "(hyperscale.training.geometry.resolve_auto); pass a stage 0-3 here")
+    geometry = batch_geometry(cfg, world_size)
+    t = dataclasses.replace(cfg.train, micro_batch_size=geometry.micro_batch_size)
+    accum = geometry.accumulation
     src_path = Path(cfg.deepspeed.config) if cfg.deepspeed.config else template_path(cfg)
     src = str(src_path)
     ds = copy.deepcopy(_load_json(src_path))

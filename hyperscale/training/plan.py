@@ -49,8 +49,9 @@ import torch
 
 from ..errors import ConfigError
 from .activations import FakeStepper, build_model
-from .config import RunConfig
+from .config import AUTO, RunConfig
 from .ds_config import build_ds_config
+from .geometry import per_rank_batch
 
 GiB = 1024**3
 # CUDA context (0.5-1 GiB with torch 2.x and NCCL's buffers) and the caching allocator's fragmentation
@@ -307,12 +308,12 @@ def device_memory() -> Optional[int]:
     return None
 
 
-def _stage_config(cfg: RunConfig, stage: int, offload: bool, world: int) -> dict:
+def _stage_config(cfg: RunConfig, stage: int, offload: bool, world: int, mb: int) -> dict:
     """The DeepSpeed config the trainer would build for ``stage`` (the batch sizes only have to be consistent)."""
-    mb = cfg.train.micro_batch_size
     variant = cfg.with_overrides([f"deepspeed.zero_stage={stage}", f"deepspeed.offload={str(offload).lower()}",
                                   f"deepspeed.build_sharded={str(cfg.deepspeed.build_sharded and stage == 3).lower()}",
-                                  "train.compile=false", f"train.global_batch_size={mb * world}"])
+                                  "train.compile=false", f"train.global_batch_size={mb * world}",
+                                  f"train.micro_batch_size={mb}"])
     return build_ds_config(variant, world)
 
 
@@ -356,17 +357,16 @@ class _Activations:
 def make_plan(cfg: RunConfig, gpus_per_node: int, nodes: int = 1, gpu_memory: Optional[int] = None,
               stepper: Optional[FakeStepper] = None) -> Plan:
     """The plan for ``cfg`` on ``gpus_per_node`` x ``nodes`` GPUs of ``gpu_memory`` bytes (default: this machine's
-    GPU, else 80 GiB). Raises ConfigError when no stage fits even one example per GPU, saying what would."""
+    GPU, else 80 GiB). Raises ConfigError when no stage fits even one example per GPU, saying what would.
+    ``train.micro_batch_size=auto`` is planned at the whole per-GPU batch (no accumulation); ``deepspeed.zero_stage``
+    does not matter (every stage is planned)."""
     if gpus_per_node < 1 or nodes < 1:
         raise ConfigError(f"--gpus-per-node and --nodes must be at least 1, got {gpus_per_node} and {nodes}")
     world = gpus_per_node * nodes
     memory = int(gpu_memory if gpu_memory is not None else (device_memory() or 80 * GiB))
     t = cfg.train
-    if t.global_batch_size % world:
-        raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of the {world} GPUs; "
-                          f"the global batch is split evenly over the ranks")
-    per_rank_batch = t.global_batch_size // world
-    micro = t.micro_batch_size
+    per_rank = per_rank_batch(t.global_batch_size, world)
+    micro = per_rank if t.micro_batch_size == AUTO else t.micro_batch_size
     model = build_model(cfg, torch.float32, torch.device("meta"))
     params = parameter_specs(model)
     del model
@@ -376,13 +376,13 @@ def make_plan(cfg: RunConfig, gpus_per_node: int, nodes: int = 1, gpu_memory: Op
     activations = acts(micro)
     rows, fixed_bytes = [], {}
     for stage, offload in STAGES:
-        z = zero_settings(_stage_config(cfg, stage, offload, world))
+        z = zero_settings(_stage_config(cfg, stage, offload, world, micro))
         states = rank_states(params, z, world)
         fixed = sum(states.values()) + deepspeed_buffers(params, z, world) + ALLOWANCE_BYTES
         per = {**states, "activations": activations, "buffers": deepspeed_buffers(params, z, world),
                "allowance": ALLOWANCE_BYTES}
         per["total"] = sum(per[k] for k in CATEGORIES[:-1])
-        usable = _divisors_up_to(per_rank_batch, acts.largest(memory - fixed, per_rank_batch))
+        usable = _divisors_up_to(per_rank, acts.largest(memory - fixed, per_rank))
         fixed_bytes[(stage, offload)] = fixed
         rows.append(StagePlan(stage, offload, per, per["total"] <= memory, usable))
     other = stepper.peak(micro, not ckpt)
@@ -392,7 +392,7 @@ def make_plan(cfg: RunConfig, gpus_per_node: int, nodes: int = 1, gpu_memory: Op
     def need_at_one(key: tuple) -> int:  # a stage's total at micro-batch 1 (measured only when a message needs it)
         return fixed_bytes[key] + acts(1)
 
-    recommended = _recommend(cfg, rows, world, per_rank_batch, memory, need_at_one, params, stepper)
+    recommended = _recommend(cfg, rows, world, per_rank, memory, need_at_one, params, stepper)
     return Plan(stages=tuple(rows), recommended=recommended, gpu_memory=memory, gpus_per_node=gpus_per_node,
                 nodes=nodes, micro_batch_size=micro, gradient_checkpointing=ckpt, activations_other=other,
                 parameters={"frozen": n_frozen, "trainable": n_train})
@@ -439,7 +439,9 @@ def _recommend(cfg: RunConfig, rows: list, world: int, per_rank_batch: int, memo
                   f"parameters and optimizer states live in host memory ({where}), which is slow")
     if cfg.train.compile and chosen.zero_stage == 3:
         reason += "; train.compile=true works with ZeRO 0-2 only, so set train.compile=false"
-    if cfg.train.micro_batch_size > per_rank_batch:
+    if cfg.train.micro_batch_size == AUTO:
+        pass  # the plan's micro-batch is the one an auto micro-batch takes
+    elif cfg.train.micro_batch_size > per_rank_batch:
         reason += (f"; train.global_batch_size / GPUs = {per_rank_batch} examples per GPU caps the configured "
                    f"train.micro_batch_size={cfg.train.micro_batch_size}")
     elif mb < cfg.train.micro_batch_size:
@@ -464,7 +466,7 @@ def _fits_nowhere(cfg: RunConfig, world: int, memory: int, needs_at_one: dict, p
         ranks = world * more
         if cfg.train.global_batch_size % ranks:
             continue
-        z3 = zero_settings(_stage_config(cfg, 3, False, ranks))
+        z3 = zero_settings(_stage_config(cfg, 3, False, ranks, 1))
         need = (sum(rank_states(params, z3, ranks).values()) + deepspeed_buffers(params, z3, ranks) + ALLOWANCE_BYTES
                 + stepper.peak(1, ckpt))
         if need <= memory:

@@ -40,12 +40,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from ..data.loading import columns_as_lists, load_multitask_splits, protocol_fingerprint
 from ..data.metrics import average_metrics, compute_task_metrics
 from ..data.sampler import MultiTaskSampler
-from ..data.tasks import get_task
+from ..data.specs import TaskRegistry, registry_for_export, registry_from_config
 from ..data.tokenization import (
     Seq2SeqCollator,
     default_tokenizer,
@@ -58,16 +59,17 @@ from ..modeling.model import HyperscaleModel, load_backbone
 from . import checkpoint as ckpt
 from . import distributed as hdist
 from . import engine as eng
-from .config import RunConfig, resume_differences
+from .config import AUTO, RunConfig, resume_differences
 from .ds_config import build_ds_config
+from .geometry import per_rank_batch, resolve_auto
 from .evaluate import predict_task
 from .export import export_checkpoint
-from .logging import RunLogger
+from .logging import RunLogger, quiet_unless_verbose
 from .preemption import PreemptionHandler
 from .host_memory import release_freed_memory
 from .sharded import build_sharded_backbone
 from .state import TrainState, seed_everything
-from .transfer import check_export_dir, load_for_transfer, restore_fp32_masters, trainable_fp32
+from .transfer import check_export_dir, load_for_transfer, restore_fp32_masters, trainable_fp32, trained_parameters
 
 log0 = hdist.log0
 AUTO_CPU_THREADS_MAX = 2  # measured: benchmarks/NOTES.md (CPU threads)
@@ -91,6 +93,7 @@ class Recipe:
         self.universal_resume = False  # resume_from was written by another number of ranks (ZeRO 1-3)
         self.finished = False  # the checkpoint is already at train.max_steps: nothing to train
         self.tokenizer: Any = None
+        self.registry: TaskRegistry = TaskRegistry()  # the built-in tasks plus the run's own (data.task_specs/files)
         self.data: dict = {}
         self.protocol: dict = {}
         self.collate: Optional[Seq2SeqCollator] = None
@@ -116,14 +119,17 @@ class Recipe:
         self.own_grad_norm: Optional[torch.Tensor] = None  # measured by the trainer (bare fp32 optimizer)
 
     # ================================================================== setup
+    @quiet_unless_verbose  # third-party progress bars and banners off unless logging.verbose (undone on return)
     def setup(self) -> None:
         cfg = self.cfg
         info = hdist.init(cfg.distributed.timeout_s, cfg.train.device)
         self.rank, self.local_rank, self.world, self.device = info.rank, info.local_rank, info.world_size, info.device
+        per_rank_batch(cfg.train.global_batch_size, self.world)  # refused before anything is written
         self._set_cpu_threads()
         self._lock_output_dir()
         self._check_output_dir()
         saved = self._resume_point()
+        self.cfg = cfg = self._resolve_auto(saved)  # numbers for the auto settings, before any data is read
         if saved is not None:
             self.last_tag = self.resume_from.name
             self.finished = saved.step >= cfg.train.max_steps
@@ -225,6 +231,34 @@ class Recipe:
             self._check_sampler_config(saved)
         return saved
 
+    def _resolve_auto(self, saved: Optional[TrainState]) -> RunConfig:
+        """The run config with ``train.micro_batch_size`` and ``deepspeed.zero_stage`` as numbers for this world size
+        and device (:func:`hyperscale.training.geometry.resolve_auto`; a number given is checked against the world
+        size). Rank 0 decides (the memory plan takes seconds) and every rank takes its answer; a resume keeps its
+        checkpoint's stage under ``zero_stage=auto``. The result is what RUN/config.yaml and checkpoints record."""
+        cfg = self.cfg
+        saved_stage = None
+        if cfg.deepspeed.zero_stage == AUTO and saved is not None and saved.zero_stage is not None:
+            saved_cfg = self.resume_from / "run_config.yaml"
+            try:
+                offload = bool(((yaml.safe_load(saved_cfg.read_text()) or {}).get("deepspeed") or {}).get("offload"))
+            except (OSError, yaml.YAMLError):
+                offload = False
+            saved_stage = (int(saved.zero_stage), offload)
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or self.world
+        answer: Any = None
+        if self.rank == 0:
+            try:
+                answer = resolve_auto(cfg, self.world, self.device.type, local_ranks, saved_stage=saved_stage)
+            except ConfigError as e:
+                answer = str(e)
+        answer = hdist.all_gather_object(answer)[0]
+        if isinstance(answer, str):
+            raise ConfigError(answer)
+        for note in answer.notes:
+            log0(note)
+        return answer.cfg
+
     def _check_sampler_config(self, saved: TrainState) -> None:
         """The global batch of every step is a function of the sampler's settings: a resume that changes them
         would not continue the run. Refused before any data is read (the task sizes are checked once it is)."""
@@ -262,7 +296,7 @@ class Recipe:
         if saved.zero_stage != stage:
             raise ConfigError(
                 f"cannot resume from {self.resume_from}: it was written under ZeRO-{saved.zero_stage}, this run uses "
-                f"ZeRO-{stage}. Resume with deepspeed.zero_stage={saved.zero_stage} (any number of ranks); to change "
+                f"ZeRO-{stage}. Resume with deepspeed.zero_stage={saved.zero_stage} or auto (any number of ranks); to change "
                 "the stage, `hyperscale export` the run and start a new one (the optimizer state is not kept)")
         if stage > 0:
             self.universal_resume = True
@@ -295,7 +329,11 @@ class Recipe:
         cfg, d = self.cfg, self.cfg.data
         self.tokenizer = default_tokenizer() if d.tokenizer == "default" else load_tokenizer(d.tokenizer)
         data_dir = None if d.data_dir == "sample" else d.data_dir
-        splits = load_multitask_splits(d.tasks, data_dir, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
+        self.registry = registry_from_config(d)
+        if cfg.transfer.from_export:  # the export's own tasks keep their specs in this run's checkpoints and export
+            self.registry = self.registry.merged(registry_for_export(cfg.transfer.from_export))
+        splits = load_multitask_splits(d.tasks, data_dir, registry=self.registry,
+                                       n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
                                        seed=d.split_seed, subset_seed=d.train_subset_seed, stsb_grid=d.stsb_grid,
                                        add_prefix=cfg.model.method == "finetune")
         self.protocol = protocol_fingerprint(splits)
@@ -366,11 +404,26 @@ class Recipe:
                 prepare_for_compile(self.model)
         if self.cfg.train.precision == "fp16":
             log0("warning: fp16 with T5 overflows easily (inf activations); bf16 is the supported precision")
+        log0(f"model: {m.method} on {backbone}: {self._parameter_summary()}")
+
+    def _parameter_summary(self) -> str:
+        """What trains, in the words ``hyperscale params`` and ``hyperscale adapt`` use: the share of the backbone
+        per task only where the trained weights are per task (finetune trains one model for every task), and
+        under few-shot transfer the parameters that learn beside those held fixed."""
         report = self.model.parameter_report()
-        log0(f"model: {m.method} on {backbone}: {report['trainable']:,} trainable of {report['backbone']:,} "
-             f"backbone parameters ({report['percent_per_task']:.3f} % per task)")
+        trainable, backbone = report["trainable"], report["backbone"]
+        if not self.model.config.uses_adapters:
+            return f"all {trainable:,} parameters of the backbone train, one model for {report['tasks']} task(s)"
+        if self.cfg.transfer.from_export:
+            learn = trained_parameters(self.model, self.cfg.transfer.train)
+            n_learn = sum(p.numel() for p in self.model.parameters() if id(p) in learn)
+            return (f"{n_learn:,} parameters learn (transfer.train={self.cfg.transfer.train}), the other "
+                    f"{trainable - n_learn:,} trainable ones are held fixed; backbone {backbone:,} frozen")
+        return (f"{trainable:,} trainable parameters beside {backbone:,} frozen backbone ones "
+                f"({report['percent_per_task']:.3f} % of the backbone per task)")
 
     # ================================================================== train
+    @quiet_unless_verbose
     def train(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
         if self.finished:
@@ -662,25 +715,32 @@ class Recipe:
         module.eval()
         per_task = {}
         t0 = time.perf_counter()
+        n_examples = 0
         for task in self.tasks:
             ds = self.data[task][split]
             n = len(ds) if e.max_examples is None else min(len(ds), e.max_examples)
             rows = ds.select(range(n))
-            spec = get_task(task)
-            labels = None if spec.is_regression else list(spec.label_strings())
+            spec = self.registry.get(task)
+            labels = spec.rank_labels()
             preds = predict_task(module, self.tokenizer, task, rows["source"], mode=e.mode, label_strings=labels,
                                  max_target_tokens=spec.max_target_length + 1, batch_size=e.batch_size,
                                  device=self.device, max_source_length=self.cfg.data.max_source_length,
                                  synced_gpus=self.cfg.deepspeed.zero_stage == 3 and self.world > 1)
-            per_task[task] = compute_task_metrics(task, preds, rows["target"])
-            if self.rank == 0:  # progress on stderr: one line per task (evaluation can take minutes)
+            per_task[task] = compute_task_metrics(spec, preds, rows["target"])
+            if self.rank == 0 and self.cfg.logging.verbose:  # progress on stderr: a line per task
                 metrics = "  ".join(f"{k} {v:.2f}" for k, v in per_task[task].items())
                 print(f"[hyperscale] eval {split} step {self.state.step}: {task} ({n} examples) {metrics}  "
                       f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr, flush=True)
+            n_examples += n
         if was_training:
             module.train()
         result = {"step": self.state.step, "split": split, "tasks": per_task, "average": average_metrics(per_task),
                   "seconds": time.perf_counter() - t0}
+        if self.rank == 0 and not self.cfg.logging.verbose:  # one line per evaluation (per task: logging.verbose)
+            mean = result["average"].get("mean_all_metrics")
+            print(f"[hyperscale] eval {split} step {self.state.step}: {len(per_task)} tasks, {n_examples:,} examples"
+                  + (f", mean of all metrics {mean:.2f}" if mean is not None else "")
+                  + f"  [{result['seconds']:.1f} s]", file=sys.stderr, flush=True)
         if self.rank == 0:
             out = self.output_dir / "eval"
             out.mkdir(parents=True, exist_ok=True)
@@ -700,7 +760,9 @@ class Recipe:
             return tag
         self._flush_stats()
         files = {"hyperscale_config.json": json.dumps(self.model.config.to_dict(), indent=2, sort_keys=True) + "\n",
-                 "run_config.yaml": self.cfg.to_yaml()}
+                 "run_config.yaml": self.cfg.to_yaml(),
+                 # the full spec of every task of your own the model knows: exports carry them (README "Your own tasks")
+                 "task_specs.json": json.dumps(self.registry.records(self.model.config.tasks), indent=2) + "\n"}
         tok_dir = self.output_dir / "tokenizer"
         if self.rank == 0 and not tok_dir.exists():
             self.tokenizer.save_pretrained(str(tok_dir))
@@ -744,6 +806,7 @@ class Recipe:
         sys.exit(0 if under_slurm else EXIT_STOPPED)
 
     # ================================================================== finish
+    @quiet_unless_verbose
     def finish(self) -> dict:
         """Release the engine and the signal handlers (:meth:`_release`), export the last checkpoint to standalone
         weights (unless that export exists) and print the result table (rank 0)."""

@@ -182,7 +182,7 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
     (["--gpus-per-node", "1", "--gpu-memory", "80 parsecs"], "--gpu-memory '80 parsecs' is not a memory size"),
     (["--gpus-per-node", "1", "--gpu-memory=-4GiB"], "--gpu-memory '-4GiB' is not a memory size"),
     (["--gpus-per-node", "0"], "--gpus-per-node and --nodes must be at least 1"),
-    (["--gpus-per-node", "3"], "train.global_batch_size=16 is not a multiple of the 3 GPUs"),
+    (["--gpus-per-node", "3"], "train.global_batch_size=16 cannot be split evenly over 3 ranks"),
 ], ids=["stage", "memory-unit", "memory-negative", "no-gpus", "indivisible"])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, says):
     code, out, err = _cli(capsys, *argv)

@@ -2,6 +2,7 @@
 with messages that say how to fix them. In-process, no DeepSpeed engine."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from hyperscale.training.config import CONFIG_DIR, ConfigError, RunConfig, load_config
 from hyperscale.training.ds_config import DS_CONFIG_DIR, build_ds_config, template_path
+from hyperscale.training.geometry import batch_geometry
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny-cpu.yaml"
@@ -44,7 +46,10 @@ def test_shipped_config_validates(path: Path):
         again.unlink(missing_ok=True)
     # its DeepSpeed config builds for 1 and 2 ranks where the global batch allows it
     for world in (1, 2):
-        if cfg.train.global_batch_size % (cfg.train.micro_batch_size * world) == 0:
+        if cfg.deepspeed.zero_stage == "auto":  # resolved by the trainer from the memory plan: any stage here
+            cfg = cfg.with_overrides(["deepspeed.zero_stage=3" if cfg.deepspeed.build_sharded else "deepspeed.zero_stage=2"])
+        micro = cfg.train.micro_batch_size
+        if cfg.train.global_batch_size % ((1 if micro == "auto" else micro) * world) == 0:
             ds = build_ds_config(cfg, world)
             assert ds["train_batch_size"] == cfg.train.global_batch_size
             assert not _autos(ds)
@@ -75,7 +80,7 @@ def test_shipped_ds_config_is_accepted_with_a_matching_run_config(path: Path):
     # and the same file given explicitly as a user's DeepSpeed JSON is accepted and filled
     cfg = load_config(TINY, overrides + [f"deepspeed.config={path}"])
     ds = build_ds_config(cfg, world_size=2)
-    t = cfg.train
+    t = dataclasses.replace(cfg.train, micro_batch_size=batch_geometry(cfg, 2).micro_batch_size)
     assert not _autos(ds), f"{path.name}: left 'auto' at {_autos(ds)}"
     assert ds["train_batch_size"] == t.global_batch_size
     assert ds["train_micro_batch_size_per_gpu"] == t.micro_batch_size

@@ -111,8 +111,9 @@ SPECS: dict[str, Spec] = {
     "fp32-z2": Spec(2, "fp32", probe=True),
     "fp32-z3": Spec(3, "fp32", probe=True),
     "fp32-z2-resumed": Spec(2, "fp32", resume_of="fp32-z2"),
-    "fp32-z0-1p": Spec(0, "fp32", nproc=1),
-    "fp32-z0-1p-resumed": Spec(0, "fp32", nproc=1, resume_of="fp32-z0-1p"),
+    # micro-batch 4 on one rank: 2 accumulation steps (auto would take the whole per-rank batch of 8)
+    "fp32-z0-1p": Spec(0, "fp32", nproc=1, extra=["train.micro_batch_size=4"]),
+    "fp32-z0-1p-resumed": Spec(0, "fp32", nproc=1, resume_of="fp32-z0-1p", extra=["train.micro_batch_size=4"]),
     # torch.compile (aot_eager: Dynamo and AOTAutograd as inductor sees them, without its minute of codegen)
     "fp32-z0-1p-compiled": Spec(0, "fp32", nproc=1, extra=COMPILED),
     "fp32-z2-compiled": Spec(2, "fp32", extra=COMPILED),
