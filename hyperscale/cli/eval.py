@@ -13,7 +13,8 @@ import sys
 
 from ..data.loading import load_multitask_splits
 from ..data.metrics import average_metrics, compute_task_metrics
-from ..data.tasks import DEFAULT_STSB_GRID, get_task
+from ..data.specs import registry_for_export
+from ..data.tasks import DEFAULT_STSB_GRID
 from ..errors import ConfigError
 from ..training.evaluate import predict_task
 from ..training.export import inference_device, load_export, read_export_info
@@ -75,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_export(args.export, args.backbone, device=device,
                                    dtype=args.dtype if args.dtype != "auto" else rec.get("precision"))
     tasks = args.tasks.split(",") if args.tasks else rec.get("tasks") or model.tasks
-    splits = load_multitask_splits(tasks, None if s["data_dir"] == "sample" else s["data_dir"], seed=s["split_seed"],
+    registry = registry_for_export(args.export)  # the built-in tasks and the export's own (export.json task_specs)
+    splits = load_multitask_splits(tasks, None if s["data_dir"] == "sample" else s["data_dir"], registry=registry,
+                                   seed=s["split_seed"],
                                    n_val=rec.get("n_val"), n_test=rec.get("n_test"),
                                    stsb_grid=rec.get("stsb_grid", DEFAULT_STSB_GRID),
                                    add_prefix=model.config.method == "finetune")
@@ -85,12 +88,12 @@ def run(args: argparse.Namespace) -> int:
         ds = splits[task][args.split]
         if n is not None:
             ds = ds.select(range(min(n, len(ds))))
-        spec = get_task(task)
-        labels = None if spec.is_regression else list(spec.label_strings())
+        spec = registry.get(task)
+        labels = spec.rank_labels()
         preds = predict_task(model, tokenizer, task, ds["source"], mode=s["mode"], label_strings=labels,
                              max_target_tokens=spec.max_target_length + 1, batch_size=s["batch_size"],
                              device=inputs_to, max_source_length=s["max_source_length"])
-        per_task[task] = compute_task_metrics(task, preds, ds["target"])
+        per_task[task] = compute_task_metrics(spec, preds, ds["target"])
     result = {args.split: {"step": info.get("step"), "tasks": per_task, "average": average_metrics(per_task)}}
     if args.json:
         print(json.dumps(result, indent=2))

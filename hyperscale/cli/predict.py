@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..data.tasks import get_task
+from ..data.specs import registry_for_export
 from ..training.evaluate import predict_task
 from ..training.export import load_export, read_export_info
 from .eval import FALLBACK
@@ -31,13 +31,13 @@ def run(args: argparse.Namespace) -> int:
     rec = (read_export_info(args.export) or {}).get("evaluation") or {}
     model, tokenizer = load_export(args.export, args.backbone, device=args.device,
                                    dtype=args.dtype if args.dtype != "auto" else rec.get("precision"))
-    spec = get_task(args.task)
+    spec = registry_for_export(args.export).get(args.task)  # a built-in task or one the export records
     if model.bank is not None:
         model.task_index(args.task)  # an unknown task fails here, listing the model's tasks
     texts = list(args.texts)
     if model.config.method == "finetune":  # trained with the task-name prefix (data.tasks.format_source)
         texts = [t if t.startswith(spec.name + " ") else f"{spec.name} {t}" for t in texts]
-    labels = None if spec.is_regression else list(spec.label_strings())
+    labels = spec.rank_labels()
     preds = predict_task(model, tokenizer, args.task, texts, mode=args.mode, label_strings=labels,
                          max_target_tokens=args.max_new_tokens or spec.max_target_length + 1, batch_size=32,
                          device=next(model.parameters()).device,

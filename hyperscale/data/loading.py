@@ -320,7 +320,10 @@ def load_task_splits(task, data_dir=None, n_train=None, n_val=None, n_test=None,
               "test": _check_n("n_test", n_test, task.name)}
     origins = [o for o in task.local_files if o in set(task.split_origins.values())]
 
-    if isinstance(data_dir, str) and data_dir == HUB:
+    if task.is_spec:  # a task of your own: its spec names its files (data_dir is for the built-in tasks)
+        source = "files:" + ",".join(task.files[o] for o in origins)
+        rows_by_origin = {origin: task.read_split(origin) for origin in origins}
+    elif isinstance(data_dir, str) and data_dir == HUB:
         source = "hub:" + "/".join(str(x) for x in task.hub if x)
         rows_by_origin = {origin: _read_hub_split(task, origin) for origin in origins}
     else:
@@ -340,7 +343,7 @@ def load_task_splits(task, data_dir=None, n_train=None, n_val=None, n_test=None,
     features = datasets.Features({
         "id": datasets.Value("string"), "task": datasets.Value("string"),
         "source": datasets.Value("string"), "target": datasets.Value("string"),
-        "label": datasets.Value("float64" if task.is_regression else "int64"),
+        "label": datasets.Value("string" if task.is_generation else "float64" if task.is_regression else "int64"),
     })
     splits = {}
     for split in SPLITS:
@@ -373,23 +376,35 @@ def load_task_splits(task, data_dir=None, n_train=None, n_val=None, n_test=None,
                 "n_test": limits["test"], "add_prefix": bool(add_prefix)}
     if subset_seed is not None:
         protocol["subset_seed"] = int(subset_seed)
-    if task.is_regression:
+    if task.is_spec:  # the spec itself (without its file paths) is part of the protocol
+        protocol["spec_sha256"] = task.spec_sha256()
+    elif task.is_regression:
         protocol["stsb_grid"] = float(stsb_grid)
     return TaskSplits(splits, protocol)
 
 
-def load_multitask_splits(tasks: Sequence, data_dir=None, **kwargs) -> dict:
+def load_multitask_splits(tasks: Sequence, data_dir=None, registry=None, **kwargs) -> dict:
     """:func:`load_task_splits` for each task (all loaded, and so all checked,
-    before anything is returned). Returns ``{task name: TaskSplits}`` in order."""
-    names = [get_task(t).name for t in tasks]
+    before anything is returned). Returns ``{task name: TaskSplits}`` in order.
+    ``registry`` (a :class:`hyperscale.data.specs.TaskRegistry`) resolves the names of
+    tasks of your own; without it only built-in tasks (or ``Task`` objects) are known."""
+    lookup = registry.get if registry is not None else get_task
+    resolved = [lookup(t) for t in tasks]
+    names = [t.name for t in resolved]
     if len(set(names)) != len(names):
-        raise DataError(f"duplicate task in {list(tasks)!r}")
+        raise DataError(f"duplicate task in {list(names)!r}")
     if not names:
         raise DataError("no tasks given")
     if not (isinstance(data_dir, str) and data_dir == HUB):
-        for name in names:  # every file of every task exists before anything is parsed
-            resolve_local_files(name, data_dir if data_dir is not None else sample_data_dir())
-    return {name: load_task_splits(name, data_dir, **kwargs) for name in names}
+        for task in resolved:  # every file of every task exists before anything is parsed
+            if task.is_spec:
+                missing = [f"data.{o}: {p}" for o, p in task.files.items() if not Path(p).is_file()]
+                if missing:
+                    raise DataError(f"{task.origin}: {missing[0].split(':')[0]}: file "
+                                    f"{missing[0].split(': ', 1)[1]!r} does not exist")
+            else:
+                resolve_local_files(task, data_dir if data_dir is not None else sample_data_dir())
+    return {task.name: load_task_splits(task, data_dir, **kwargs) for task in resolved}
 
 
 # ----------------------------------------------------------------------------- fingerprint

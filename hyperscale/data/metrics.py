@@ -90,13 +90,54 @@ def spearman(predictions, references) -> float:
     return _corr(spearmanr, predictions, references)
 
 
+def f1_macro(predictions, references) -> float:
+    """Macro-averaged F1 over the classes of the references, in percent (an invalid prediction, ``-1``,
+    is a wrong answer)."""
+    from sklearn.metrics import f1_score
+
+    p, r = _arrays(predictions, references)
+    p, r = p.astype(np.int64), r.astype(np.int64)
+    return float(100.0 * f1_score(r, p, labels=sorted(set(r.tolist())), average="macro", zero_division=0.0))
+
+
+def _normalize_text(text) -> str:
+    return " ".join(str(text).split())
+
+
+def exact_match(predictions, references) -> float:
+    """Percent of generated texts equal to the reference (surrounding and repeated whitespace ignored)."""
+    predictions, references = list(predictions), list(references)
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if not predictions:
+        raise ValueError("no predictions to score")
+    return float(100.0 * np.mean([_normalize_text(p) == _normalize_text(r)
+                                  for p, r in zip(predictions, references)]))
+
+
+def rouge_l(predictions, references) -> float:
+    """Mean ROUGE-L F-measure in percent (the ``rouge-score`` package, with its stemmer off)."""
+    from rouge_score import rouge_scorer
+
+    predictions, references = list(predictions), list(references)
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return float(100.0 * np.mean([scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]))
+
+
 METRICS = {"acc": accuracy, "f1": f1, "mcc": matthews_corr, "pearson": pearson,
-           "spearman": spearman}
+           "spearman": spearman,
+           # the names of task specs' metric menu (hyperscale.data.specs.METRIC_MENU)
+           "accuracy": accuracy, "f1_binary": f1, "f1_macro": f1_macro, "exact_match": exact_match,
+           "rouge_l": rouge_l}
 
 
 def parse_prediction(task, text: str, stsb_grid: float = DEFAULT_STSB_GRID):
     """Label of one generated string, or ``None`` if invalid (see module doc)."""
     task = get_task(task)
+    if task.is_spec:
+        return task.parse_output(text)
     text = str(text).strip()
     if task.is_regression:
         try:
@@ -132,7 +173,9 @@ def compute_task_metrics(task, predictions: Sequence[str], references: Sequence[
     for pred, ref in zip(predictions, refs):
         value = parse_prediction(task, pred)
         if value is None:
-            if task.is_regression:
+            if task.is_spec and task.is_regression:
+                value = task.value_range[0]  # the bottom of the spec's scale
+            elif task.is_regression:
                 value = INVALID_STSB_SCORE
             elif task.num_labels == 2:
                 value = 1 - ref
@@ -154,5 +197,5 @@ def average_metrics(per_task: Mapping[str, Mapping[str, float]]) -> dict:
             "mean_over_tasks": float(np.mean(task_means))}
 
 
-__all__ = ["accuracy", "f1", "matthews_corr", "pearson", "spearman", "METRICS",
+__all__ = ["f1_macro", "exact_match", "rouge_l", "accuracy", "f1", "matthews_corr", "pearson", "spearman", "METRICS",
            "parse_prediction", "count_invalid", "compute_task_metrics", "average_metrics"]

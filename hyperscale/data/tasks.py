@@ -105,6 +105,19 @@ class Task:
     column_aliases: Mapping[str, tuple] = field(default_factory=dict)
     label_aliases: Mapping[str, int] = field(default_factory=dict)
 
+    #: a task defined by a spec (hyperscale.data.specs.SpecTask) overrides these
+    is_spec = False
+
+    @property
+    def is_generation(self) -> bool:
+        """Free-text targets (spec tasks with ``generation:``): no label set, greedy generation."""
+        return False
+
+    def rank_labels(self) -> tuple | None:
+        """The target strings rank classification scores, or None where the task has no label set to rank
+        (regression and generation: they are evaluated by greedy generation)."""
+        return None if self.is_regression or self.is_generation else tuple(self.label_strings())
+
     @property
     def columns(self) -> tuple:
         """Text columns the source is built from."""
@@ -310,6 +323,8 @@ def parse_label(task, raw, where: str = ""):
     ``where`` (e.g. ``"path:12"``) is put in front of the message.
     """
     task = get_task(task)
+    if task.is_spec:
+        return task.spec_parse_label(raw, where)
     prefix = f"{where}: " if where else ""
     if task.is_regression:
         if isinstance(raw, bool):
@@ -349,6 +364,8 @@ def parse_label(task, raw, where: str = ""):
 def label_to_target(task, label, stsb_grid: float = DEFAULT_STSB_GRID) -> str:
     """Target string of a parsed label: ``"1"`` or, for STS-B, ``"3.8"``."""
     task = get_task(task)
+    if task.is_spec:
+        return task.spec_target(label)
     if task.is_regression:
         return round_stsb(label, stsb_grid)
     return str(int(label))
@@ -357,6 +374,8 @@ def label_to_target(task, label, stsb_grid: float = DEFAULT_STSB_GRID) -> str:
 def format_source(task, row: Mapping, add_prefix: bool = False) -> str:
     """Source text of ``row`` (a mapping with the task's columns)."""
     task = get_task(task)
+    if task.is_spec:
+        return task.spec_source(row, add_prefix)
     parts = [task.name] if add_prefix else []
     for key, column in task.fields:
         try:

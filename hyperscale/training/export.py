@@ -285,6 +285,9 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, materialize: bool
         },
         "materialized": MATERIALIZED_DIR if materialize else None,
         "evaluation": evaluation_settings(ckpt_dir),
+        # the full spec of every task of your own (data.task_specs / task_files): predict, eval and adapt need
+        # no spec file (hyperscale.data.specs.registry_for_export)
+        "task_specs": recorded_task_specs(ckpt_dir),
         "tokenizer": TOKENIZER_DIR if (out / TOKENIZER_DIR).is_dir() else None,
         "files": _files(out),
         "how_to_load": [
@@ -297,6 +300,16 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, materialize: bool
     os.chmod(tmp, file_mode())
     os.replace(tmp, out / EXPORT_INFO)
     return out
+
+
+def recorded_task_specs(ckpt_dir: Path) -> dict:
+    """``{task: full spec}`` of the tasks of your own a checkpoint's model knows (its ``task_specs.json``; empty
+    for built-in tasks only, and for checkpoints written before it existed)."""
+    try:
+        specs = json.loads((ckpt_dir / "task_specs.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return specs if isinstance(specs, dict) else {}
 
 
 def read_export_info(path: str | Path) -> Optional[dict]:

@@ -1,0 +1,302 @@
+"""Tasks of your own (``data.task_specs`` / ``data.task_files``, :mod:`hyperscale.data.specs`).
+
+* the spec language: sources from templates or field lists, the three target kinds, label ids or names, the
+  regression grid, the metric menu, the split protocol and its fingerprint, files in jsonl, csv, tsv, parquet;
+* bad specs: one ``hyperscale: error:`` line naming the spec (its file) and the key, exit 2, nothing written;
+* end to end: a classification (jsonl), a regression (csv) and a generation (parquet) spec train in one run with a
+  built-in task, are evaluated with their metrics, exported, and predicted and evaluated from the export after
+  the spec files are deleted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hyperscale.data.loading import load_multitask_splits, protocol_fingerprint
+from hyperscale.data.metrics import compute_task_metrics
+from hyperscale.data.specs import TaskRegistry, build_registry, load_spec_file, parse_spec
+from hyperscale.errors import ConfigError, HyperscaleError
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny-cpu.yaml"
+
+PARITY_ROWS = [{"q": f"is {i} even", "ctx": f"the number {i}", "ans": "yes" if i % 2 == 0 else "no"} for i in range(40)]
+SCALE_ROWS = [{"text": f"value {i}", "score": round(i / 10, 2)} for i in range(30)]
+COPY_ROWS = [{"src": f"copy the words {i} apples", "tgt": f"{i} apples"} for i in range(30)]
+
+
+def write_data(root: Path) -> None:
+    """The three tasks' files: jsonl (classification), csv (regression), parquet (generation); tsv for a 4th."""
+    import pandas as pd
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "parity_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PARITY_ROWS))
+    (root / "parity_dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PARITY_ROWS[:12]))
+    pd.DataFrame(SCALE_ROWS).to_csv(root / "scale_train.csv", index=False)
+    pd.DataFrame(SCALE_ROWS[:12]).to_csv(root / "scale_dev.csv", index=False)
+    pd.DataFrame(COPY_ROWS).to_parquet(root / "copy_train.parquet")
+    pd.DataFrame(COPY_ROWS[:12]).to_parquet(root / "copy_dev.parquet")
+    tsv = "q\tctx\tans\n" + "".join(f"{r['q']}\t{r['ctx']}\t{r['ans']}\n" for r in PARITY_ROWS)
+    (root / "parity.tsv").write_text(tsv)
+
+
+PARITY = {"name": "parity", "source": "question: {question} context: {context}", "labels": ["no", "yes"],
+          "targets": "names", "metrics": ["accuracy", "f1_macro"],
+          "data": {"train": "parity_train.jsonl", "validation": "parity_dev.jsonl",
+                   "columns": {"question": "q", "context": "ctx", "label": "ans"}}}
+SCALE = {"name": "scale", "source": ["text"], "regression": {"min": 0, "max": 3, "grid": 0.5},
+         "data": {"train": "scale_train.csv", "validation": "scale_dev.csv",
+                  "columns": {"text": "text", "label": "score"}}}
+COPY = {"name": "copy_words", "source": "{src}", "generation": {"max_target_length": 8},
+        "metrics": ["exact_match", "rouge_l"],
+        "data": {"train": "copy_train.parquet", "validation": "copy_dev.parquet",
+                 "columns": {"src": "src", "label": "tgt"}}}
+
+
+def write_spec(root: Path, name: str, spec) -> Path:
+    path = root / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture()
+def data_root(tmp_path: Path) -> Path:
+    write_data(tmp_path / "data")
+    return tmp_path / "data"
+
+
+# ---------------------------------------------------------------------------------------------- the language
+def test_three_kinds_load_split_and_score(data_root: Path):
+    files = [str(write_spec(data_root, f"{s['name']}.yaml", s)) for s in (PARITY, SCALE, COPY)]
+    registry = build_registry(task_files=files)
+    splits = load_multitask_splits(["parity", "scale", "copy_words", "rte"], None, registry=registry,
+                                   n_val=16, n_test=16)
+    assert list(splits) == ["parity", "scale", "copy_words", "rte"]
+    # small protocol: train = all of train, the dev file halved into validation and test
+    assert {k: len(v) for k, v in splits["parity"].items()} == {"train": 40, "validation": 6, "test": 6}
+    row = splits["parity"]["train"][0]
+    i = int(row["id"].split("/")[-1])
+    assert row["source"] == f"question: is {i} even context: the number {i}"
+    assert row["target"] == ("yes" if i % 2 == 0 else "no")  # targets: names
+    scale = splits["scale"]["train"]
+    for source, target, label in zip(scale["source"], scale["target"], scale["label"]):
+        assert source.startswith("text: value ")  # a field list is the paper's "key: value" form
+        assert float(target) == round(label / 0.5) * 0.5 and target.count(".") == 1
+    copy = splits["copy_words"]["train"][0]
+    assert copy["target"] == copy["source"].split("words ")[1]
+    # each spec's metrics, on perfect and on wrong predictions
+    for name in ("parity", "scale", "copy_words"):
+        spec, targets = registry.get(name), splits[name]["test"]["target"]
+        scores = compute_task_metrics(spec, targets, targets)
+        assert list(scores) == list(spec.metrics) and all(v == pytest.approx(100.0) for v in scores.values())
+    assert compute_task_metrics(registry.get("copy_words"), ["nothing"] * 6,
+                                splits["copy_words"]["test"]["target"])["exact_match"] == 0.0
+    assert registry.get("parity").rank_labels() == ("no", "yes")  # rank classification scores these
+    assert registry.get("scale").rank_labels() is None and registry.get("copy_words").rank_labels() is None
+    # the fingerprint records the spec: another label order is another protocol
+    before = protocol_fingerprint(splits)["tasks"]["parity"]
+    flipped = dict(PARITY, labels=["yes", "no"])
+    other = build_registry(task_files=[str(write_spec(data_root, "flipped.yaml", flipped))])
+    after = protocol_fingerprint(load_multitask_splits(["parity"], None, registry=other, n_val=16, n_test=16))
+    assert before["spec_sha256"] != after["tasks"]["parity"]["spec_sha256"]
+    assert before["ids_sha256"] == after["tasks"]["parity"]["ids_sha256"]
+
+
+def test_label_ids_tsv_official_split_and_inline_spec(data_root: Path, monkeypatch):
+    monkeypatch.chdir(data_root)  # inline specs: data paths relative to the working directory
+    spec = {"name": "parity_ids", "source": "{question}", "labels": ["no", "yes"], "split": "official",
+            "data": {"train": "parity.tsv", "validation": "parity.tsv", "test": "parity_dev.jsonl",
+                     "columns": {"question": "q", "label": "ans"}}}
+    registry = build_registry(task_specs=[spec])
+    splits = load_multitask_splits(["parity_ids"], None, registry=registry)
+    assert {k: len(v) for k, v in splits["parity_ids"].items()} == {"train": 40, "validation": 40, "test": 12}
+    assert set(splits["parity_ids"]["train"]["target"]) == {"0", "1"}  # ids as strings, as the built-in tasks
+    rec = registry.records()["parity_ids"]
+    assert Path(rec["data"]["train"]).is_absolute()
+    # a registry rebuilt from its records (what an export carries) is the same task
+    again = TaskRegistry.from_records(registry.records())
+    again_splits = load_multitask_splits(["parity_ids"], None, registry=again)
+    assert protocol_fingerprint(again_splits)["sha256"] == protocol_fingerprint(splits)["sha256"]
+
+
+def test_regression_grid_and_range(data_root: Path):
+    task = parse_spec(dict(SCALE, regression={"min": 1, "max": 10, "grid": 1}), "x.yaml", data_root)
+    assert task.label_strings() == tuple(str(i) for i in range(1, 11))
+    assert task.spec_target(3.4) == "3" and task.spec_target(9.6) == "10"
+    with pytest.raises(HyperscaleError, match=r"not a number in \[1, 10\]"):
+        task.spec_parse_label("11", "f:3")
+    quarter = parse_spec(dict(SCALE, regression={"min": 0, "max": 1, "grid": 0.25}), "x.yaml", data_root)
+    assert quarter.label_strings() == ("0.00", "0.25", "0.50", "0.75", "1.00")
+
+
+def test_spec_files_hold_lists_and_names_resolve_everywhere(data_root: Path, tmp_path: Path):
+    both = tmp_path / "both.yaml"
+    both.write_text(yaml.safe_dump([dict(PARITY, data={**PARITY["data"], "train": str(data_root / "parity_train.jsonl"),
+                                                       "validation": str(data_root / "parity_dev.jsonl")}),
+                                    dict(SCALE, data={**SCALE["data"], "train": str(data_root / "scale_train.csv"),
+                                                      "validation": str(data_root / "scale_dev.csv")})]))
+    assert [t.name for t in load_spec_file(both)] == ["parity", "scale"]
+    from hyperscale import load_config
+
+    cfg = load_config(TINY, [f"data.task_files=[{both}]", "data.tasks=[rte,parity,scale]"])
+    assert cfg.data.task_files == [str(both)]
+    with pytest.raises(ConfigError, match="Unknown task 'nope'.*parity"):
+        load_config(TINY, [f"data.task_files=[{both}]", "data.tasks=[rte,nope]"])
+    with pytest.raises(ConfigError, match="data.task_specs or data.task_files"):
+        load_config(TINY, ["data.tasks=[rte,parity]"])
+
+
+# ---------------------------------------------------------------------------------------------- bad specs
+def _bad(spec_changes: dict = None, drop: tuple = (), base: dict = PARITY) -> dict:
+    spec = json.loads(json.dumps(base))
+    for key in drop:
+        node = spec
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node.pop(leaf)
+    for key, value in (spec_changes or {}).items():
+        node = spec
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return spec
+
+
+# (case id, spec, the key the message names, a phrase of the message)
+BAD_SPECS = [
+    ("unknown-key", _bad({"lables": ["a", "b"]}), "lables", "did you mean 'labels'"),
+    ("unknown-data-key", _bad({"data.colums": {}}), "data.colums", "did you mean 'columns'"),
+    ("unknown-regression-key", _bad({"regression.gird": 0.5}, base=SCALE), "regression.gird", "did you mean 'grid'"),
+    ("template-names-missing-column", _bad({"source": "question: {question} passage: {passage}"}), "source",
+     "names column 'passage'"),
+    ("labels-and-regression", _bad({"regression": {"min": 0, "max": 1}}), "labels and regression",
+     "exactly one target kind"),
+    ("no-target-kind", _bad(drop=("labels", "targets")), "labels", "exactly one target kind"),
+    ("empty-labels", _bad({"labels": []}), "labels", "the label list is empty"),
+    ("metric-not-fitting-kind", _bad({"metrics": ["accuracy", "pearson"]}), "metrics",
+     "pearson does not fit a classification task"),
+    ("metric-not-fitting-generation", _bad({"metrics": ["accuracy"]}, base=COPY), "metrics",
+     "accuracy does not fit a generation task"),
+    ("unknown-metric", _bad({"metrics": ["acuracy"]}), "metrics", "did you mean 'accuracy'"),
+    ("f1-binary-three-labels", _bad({"labels": ["a", "b", "c"], "metrics": ["f1_binary"]}), "metrics",
+     "f1_binary needs exactly two labels"),
+    ("missing-data-file", _bad({"data.train": "nowhere.jsonl"}), "data.train", "does not exist"),
+    ("file-lacks-mapped-column", _bad({"data.columns.context": "passage"}), "data.columns.context",
+     "lacks the mapped column"),
+    ("csv-lacks-mapped-column", _bad({"data.columns.label": "value"}, base=SCALE), "data.columns.label",
+     "lacks the mapped column"),
+    ("name-clashes-with-built-in", _bad({"name": "rte"}), "name", "'rte' is a built-in task"),
+    ("name-clashes-with-alias", _bad({"name": "yelp"}), "name", "is a built-in task"),
+    ("regression-min-above-max", _bad({"regression": {"min": 5, "max": 1}}, base=SCALE), "regression",
+     "must be below max"),
+    ("generation-length-zero", _bad({"generation": {"max_target_length": 0}}, base=COPY),
+     "generation.max_target_length", "integer >= 1"),
+    ("unknown-split", _bad({"split": "tiny"}), "split", "small, large or official"),
+    ("test-file-with-small-split", _bad({"data.test": "parity_dev.jsonl"}), "data.test", "use split: official"),
+    ("label-column-unmapped", _bad(drop=("data.columns.label",)), "data.columns.label", "missing"),
+    ("unused-mapped-column", _bad({"data.columns.extra": "q"}), "data.columns.extra", "not used by the source"),
+    ("targets-names-on-regression", _bad({"targets": "names"}, base=SCALE), "targets", "for a labels task only"),
+    ("unknown-format", _bad({"data.format": "xlsx"}), "data.format", "jsonl, csv, tsv, parquet"),
+]
+
+
+@pytest.mark.parametrize("spec, key, phrase", [c[1:] for c in BAD_SPECS], ids=[c[0] for c in BAD_SPECS])
+def test_bad_spec_is_one_line_naming_file_and_key(data_root: Path, tmp_path: Path, capsys, spec, key, phrase):
+    from hyperscale.cli import main
+
+    spec_file = write_spec(data_root, "bad.yaml", spec)
+    out = tmp_path / "run"
+    before = sorted(p.name for p in data_root.iterdir())
+    rc = main(["train", str(TINY), f"output_dir={out}", f"data.task_files=[{spec_file}]", "data.tasks=[rte]"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("hyperscale: error:"), err
+    assert f"{spec_file} (task {spec['name']}): {key}: " in lines[0] or f"{spec_file}: {key}: " in lines[0], lines[0]
+    assert phrase in lines[0], lines[0]
+    assert not out.exists()  # nothing written
+    assert sorted(p.name for p in data_root.iterdir()) == before
+
+
+def test_bad_inline_spec_and_duplicate_names(data_root: Path, tmp_path: Path, capsys):
+    from hyperscale.cli import main
+
+    out = tmp_path / "run"
+    inline = json.dumps([_bad({"lables": ["a"]})])
+    assert main(["train", str(TINY), f"output_dir={out}", f"data.task_specs={inline}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hyperscale: error: data.task_specs[0] (task parity): lables: unknown key"), err
+    a = write_spec(data_root, "a.yaml", PARITY)
+    b = write_spec(data_root, "b.yaml", PARITY)
+    assert main(["train", str(TINY), f"output_dir={out}", f"data.task_files=[{a},{b}]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "b.yaml: name: task 'parity' is defined twice (also in" in err and "\n" not in err
+    assert main(["train", str(TINY), f"output_dir={out}", f"data.task_files=[{data_root / 'none.yaml'}]"]) == 2
+    assert "none.yaml' does not exist" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+def _env() -> dict:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false", DS_ACCELERATOR="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def _cli(*args, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hyperscale.cli", *map(str, args)], cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.distributed
+def test_three_spec_kinds_train_with_a_built_in_task_export_and_serve_without_spec_files(tmp_path: Path):
+    data = tmp_path / "data"
+    write_data(data)
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    for spec in (PARITY, SCALE, COPY):  # data paths relative to the spec file's folder
+        s = json.loads(json.dumps(spec))
+        s["data"].update({k: f"../data/{v}" for k, v in s["data"].items() if k in ("train", "validation")})
+        write_spec(specs, f"{spec['name']}.yaml", s)
+    run = tmp_path / "run"
+    res = _cli("train", TINY, f"output_dir={run}", "data.tasks=[rte,parity,scale,copy_words]",
+               "data.task_files=[specs/parity.yaml,specs/scale.yaml,specs/copy_words.yaml]", "train.max_steps=4",
+               "checkpoint.every_steps=0", "sampler.mode=mixed", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    test = results["test"]["tasks"]
+    assert set(test["parity"]) == {"accuracy", "f1_macro"} and set(test["scale"]) == {"pearson", "spearman"}
+    assert set(test["copy_words"]) == {"exact_match", "rouge_l"} and set(test["rte"]) == {"acc"}
+    protocol = json.loads((run / "data_protocol.json").read_text())["tasks"]
+    assert {"spec_sha256", "ids_sha256", "content_sha256"} <= set(protocol["scale"])
+    info = json.loads((run / "export" / "export.json").read_text())
+    assert set(info["task_specs"]) == {"parity", "scale", "copy_words"}
+    assert info["task_specs"]["parity"]["labels"] == ["no", "yes"]
+
+    for f in specs.iterdir():  # the export alone knows the tasks now
+        f.unlink()
+    specs.rmdir()
+    res = _cli("eval", run / "export", "--split", "test", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = json.loads(res.stdout)["test"]["tasks"]
+    for task in ("parity", "scale", "copy_words", "rte"):
+        assert again[task] == pytest.approx(test[task]), task  # the run's scores, reproduced from the export
+    res = _cli("predict", run / "export", "--task", "parity", "--mode", "rank",
+               "question: is 4 even context: the number 4", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split("\t")[0].strip() in ("yes", "no")  # rank classification picks a label name
+    for task, text in (("copy_words", "copy the words 3 apples"), ("scale", "text: value 3")):
+        res = _cli("predict", run / "export", "--task", task, text, cwd=tmp_path)
+        assert res.returncode == 0 and text in res.stdout, res.stderr[-3000:]
+    res = _cli("predict", run / "export", "--task", "nope", "x", cwd=tmp_path)
+    assert res.returncode == 2 and "Unknown task 'nope'" in res.stderr
