@@ -134,46 +134,45 @@ def test_inspect_of_a_directory_without_a_model(tmp_path: Path, capsys):
 
 # ------------------------------------------------------------------------------------------------ report
 ROWS = [
-    {"method": "hyperformer++", "task": "cb", "k": 16, "seed": 0, "metric": 0.70},
-    {"method": "hyperformer++", "task": "cb", "k": 16, "seed": 1, "metric": 0.74},
-    {"method": "hyperformer++", "task": "cb", "k": 16, "seed": 2, "metric": 0.72},
-    {"method": "hyperformer++", "task": "cb", "k": 4, "seed": 0, "metric": 0.60},
-    {"method": "hyperformer++", "task": "cb", "k": 4, "seed": 1, "metric": 0.70},
-    {"method": "adapters", "task": "cb", "k": 16, "seed": 0, "metric": 0.50},
+    {"method": "hyperformer++", "task": "cb", "metric": "acc", "k": 16, "seed": 0, "score": 70.0},
+    {"method": "hyperformer++", "task": "cb", "metric": "acc", "k": 16, "seed": 1, "score": 74.0},
+    {"method": "hyperformer++", "task": "cb", "metric": "acc", "k": 16, "seed": 2, "score": 72.0},
+    {"method": "hyperformer++", "task": "cb", "metric": "acc", "k": 4, "seed": 0, "score": 60.0},
+    {"method": "hyperformer++", "task": "cb", "metric": "acc", "k": 4, "seed": 1, "score": 70.0},
+    {"method": "adapters", "task": "cb", "metric": "acc", "k": 16, "seed": 0, "score": 50.0},
 ]
 
 
 def test_summarize_groups_and_sorts():
     s = summarize(ROWS, "k")
-    assert [(r["task"], r["series"], r["x"], r["n"]) for r in s] == [
-        ("cb", "adapters", 16, 1), ("cb", "hyperformer++", 4, 2), ("cb", "hyperformer++", 16, 3)]
-    assert s[0]["mean"] == pytest.approx(0.50) and s[0]["std"] == 0.0
-    # (0.60, 0.70): mean 0.65, sample std sqrt(2 * 0.05^2 / 1) = 0.0707...
-    assert s[1]["mean"] == pytest.approx(0.65) and s[1]["std"] == pytest.approx(math.sqrt(0.005))
-    # (0.70, 0.74, 0.72): mean 0.72, sample std sqrt((0.02^2 + 0.02^2 + 0) / 2) = 0.02
-    assert s[2]["mean"] == pytest.approx(0.72) and s[2]["std"] == pytest.approx(0.02)
+    # series in the order the rows name them, x in numeric order
+    assert [(r["task"], r["metric"], r["series"], r["x"], r["n"]) for r in s] == [
+        ("cb", "acc", "hyperformer++", 4, 2), ("cb", "acc", "hyperformer++", 16, 3), ("cb", "acc", "adapters", 16, 1)]
+    assert s[2]["mean"] == pytest.approx(50.0) and s[2]["std"] is None  # one run: no spread known
+    # (60, 70): mean 65, sample std sqrt(2 * 5^2 / 1) = 7.07...
+    assert s[0]["mean"] == pytest.approx(65.0) and s[0]["std"] == pytest.approx(math.sqrt(50.0))
+    # (70, 74, 72): mean 72, sample std sqrt((2^2 + 2^2 + 0) / 2) = 2
+    assert s[1]["mean"] == pytest.approx(72.0) and s[1]["std"] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="'k'"):
-        summarize([{"method": "m", "task": "t", "metric": 1.0}], "k")
+        summarize([{"method": "m", "task": "t", "metric": "acc", "score": 1.0}], "k")
 
 
 def test_markdown_table():
     text = markdown_table(summarize(ROWS, "k"), "k")
     lines = text.strip().splitlines()
-    assert lines[0] == "Mean ± sample std over 1–3 seeds (in percent)."
-    assert lines[2] == "| task | method | k = 4 | k = 16 |"  # numeric order, not text order
-    assert lines[4] == "| cb | adapters | – | 50.0 ± 0.0 (n=1) |"
-    assert lines[5] == "| cb | hyperformer++ | 65.0 ± 7.1 (n=2) | 72.0 ± 2.0 |"
-    # metrics outside [-1, 1] are shown as they are; one seed count is stated once
-    raw = markdown_table(summarize([{"method": "m", "task": "t", "k": 1, "metric": 12.5}], "k"), "k")
-    assert raw.splitlines()[0] == "Mean ± sample std over 1 seed." and "| t | m | 12.5 ± 0.0 |" in raw
+    assert lines[0].startswith("Scores in percent on each task's test split")
+    assert lines[2] == "## cb: accuracy"
+    assert lines[4] == "| method | k | seeds | accuracy |"
+    assert lines[6:] == ["| hyperformer++ | 4 | 2 | 65.0 ± 7.1 |", "| hyperformer++ | 16 | 3 | 72.0 ± 2.0 |",
+                         "| adapters | 16 | 1 | 50.0 |"]  # one seed: the score alone
 
 
 def test_plot_curves_writes_a_png(tmp_path: Path):
     rows = ROWS + [dict(r, task="rte", k=r["k"] * 16) for r in ROWS]  # two tasks, x from 4 to 256 (log scale)
     path = plot_curves(summarize(rows, "k"), tmp_path / "plots" / "curves.png", "k (examples per class)",
-                       "accuracy", "few-shot transfer")
+                       "few-shot transfer")
     assert _is_png(path)
-    single = plot_curves(summarize(ROWS, "k"), tmp_path / "one.png", "k", "accuracy", "cb")
+    single = plot_curves(summarize(ROWS, "k"), tmp_path / "one.png", "k", "cb")
     assert _is_png(single)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png", "plots"]
 

@@ -2,8 +2,11 @@
 
 Trains, for every new task, k and seed, what ``--train`` names (the new task embedding; plus the hypernetwork;
 plus T5's layer norms) on k examples, and with ``--baseline`` a multi-task finetune export on the same examples;
-then writes ``DIR/results.json``, ``DIR/results.md`` (mean ± std over seeds) and ``DIR/fewshot.png``. Every
-run is an ordinary training run (any launcher, DeepSpeed, checkpoints); rerunning continues where it stopped.
+then writes ``DIR/results.json``, ``DIR/results.md`` (every metric of the new tasks beside a constant predictor's
+score; mean ± std over 2+ seeds) and ``DIR/fewshot.png``. Every run is an ordinary training run (any launcher,
+DeepSpeed, checkpoints) in its own directory, with its output in ``cell.log`` there (the console gets one line per
+run); rerunning continues where it stopped. A finished run keeps its results; its checkpoints and export are
+removed unless ``--keep-checkpoints`` / ``--keep-exports``.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from ..experiments import fewshot
-from ..experiments.grid import parse_int_list, print_reports, run_grid, write_reports
+from ..experiments.grid import chance_references, parse_int_list, print_reports, run_grid, write_reports
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--init", default="mean", help="the new task embedding: mean, random or a task of the export")
     p.add_argument("--baseline", default=None, help="a multi-task finetune export, fine-tuned on the same examples")
     p.add_argument("--config", default=None, help="base run config (default: the embedded default)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the checkpoints of finished runs (default: removed once a run's results are written)")
+    p.add_argument("--keep-exports", action="store_true",
+                   help="keep the standalone export of every finished run (default: removed; results are kept)")
     p.set_defaults(func=run)
     return p
 
@@ -44,9 +51,12 @@ def run(args: argparse.Namespace) -> int:
             "baseline": str(Path(args.baseline).resolve()) if args.baseline else None,
             "config": args.config, "overrides": list(args.overrides)}
     root = Path(args.out)
-    rows = run_grid(root, spec, args.config, list(args.overrides), cells, lambda c: [c.labels["new_task"]])
+    tasks_of = lambda c: [c.labels["new_task"]]  # noqa: E731
+    rows = run_grid(root, spec, args.config, list(args.overrides), cells, tasks_of,
+                    keep_checkpoints=args.keep_checkpoints, keep_exports=args.keep_exports)
+    chance = chance_references(args.config, list(args.overrides), cells, tasks_of)
     paths = write_reports(root, rows, "k", "training examples per task (k)", "Few-shot transfer", "fewshot.png",
-                          x_column="k")
+                          x_column="k", chance=chance)
     print_reports(paths)
     return 0
 

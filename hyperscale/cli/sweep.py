@@ -1,8 +1,11 @@
 """``hyperscale sweep [CONFIG] --out DIR``: the low-resource sweep, every method at several training sizes.
 
 Trains every method (``--methods``) with n examples per task (``--n-train``) for ``--seeds`` seeds, on the
-config's tasks, then writes ``DIR/results.json``, ``DIR/results.md`` (mean ± std over seeds, per task and their
-average) and ``DIR/low_resource.png``. Every run is an ordinary training run; a finished run is not run again.
+config's tasks, then writes ``DIR/results.json``, ``DIR/results.md`` (every metric of every task and their average,
+beside a constant predictor's score; mean ± std over 2+ seeds) and ``DIR/low_resource.png``. Every run is an
+ordinary training run in its own directory, with its output in ``cell.log`` there (the console gets one line per
+run); a finished run is not run again, keeps its results, and loses its checkpoints and export unless
+``--keep-checkpoints`` / ``--keep-exports``.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from ..experiments import sweep
-from ..experiments.grid import parse_int_list, print_reports, run_grid, write_reports
+from ..experiments.grid import chance_references, parse_int_list, print_reports, run_grid, write_reports
 from ..training.config import load_config, split_config_arg
 
 
@@ -24,6 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="training examples per task, comma-separated (default %(default)s)")
     p.add_argument("--methods", default=",".join(sweep.DEFAULT_METHODS), help="comma-separated (default %(default)s)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per (method, n) (default %(default)s)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the checkpoints of finished runs (default: removed once a run's results are written)")
+    p.add_argument("--keep-exports", action="store_true",
+                   help="keep the standalone export of every finished run (default: removed; results are kept)")
     p.set_defaults(func=run)
     return p
 
@@ -35,9 +42,11 @@ def run(args: argparse.Namespace) -> int:
     tasks = list(load_config(config, overrides).data.tasks)
     spec = {"command": "sweep", "config": config, "overrides": overrides}
     root = Path(args.out)
-    rows = sweep.with_average(run_grid(root, spec, config, overrides, cells, lambda c: tasks))
+    rows = sweep.with_average(run_grid(root, spec, config, overrides, cells, lambda c: tasks,
+                                       keep_checkpoints=args.keep_checkpoints, keep_exports=args.keep_exports))
+    chance = sweep.with_average_chance(chance_references(config, overrides, cells, lambda c: tasks))
     paths = write_reports(root, rows, "n_train", "training examples per task (n)", "Low-resource sweep",
-                          "low_resource.png", x_column="n")
+                          "low_resource.png", x_column="n", chance=chance)
     print_reports(paths)
     return 0
 

@@ -9,29 +9,44 @@ preemption and resume as ``hyperscale train``) in ``ROOT/<cell name>/``, with th
 - A cell whose ``results.json`` exists is finished and never run again; one with checkpoints but no results
   resumes from its latest checkpoint (``--resume auto``). Rerunning the command therefore continues an
   interrupted experiment, and a grid extended with more seeds or sizes runs only the new cells.
+- The console gets one line per cell (its scores, its time, where its log is); everything the cell's run prints
+  goes to ``ROOT/<cell>/cell.log`` (rank r > 0: ``cell.rank<r>.log``). A cell that finishes keeps its
+  ``results.json``, config, data protocol, evaluations and TensorBoard logs; its checkpoints (and the tokenizer
+  and preset backbone weights they load) are removed unless ``keep_checkpoints`` (``--keep-checkpoints``),
+  its export unless ``keep_exports`` (``--keep-exports``).
 - ``ROOT/experiment.json`` records what the grid holds fixed (config, overrides, fixed options); a rerun
   with other fixed settings is refused instead of mixing two experiments in one table.
-- The reports: ``ROOT/results.json`` (one row per cell and task), ``ROOT/results.md`` (mean ± std over seeds)
-  and ``ROOT/<plot>.png`` (metric against the grid's x, one line per method; needs matplotlib).
+- The reports: ``ROOT/results.json`` (one row per cell, task and metric, the summary and each task's chance
+  reference), ``ROOT/results.md`` (a table per task, a column per metric, a constant predictor's scores beside
+  them; ± std only over 2+ seeds) and ``ROOT/<plot>.png`` (a panel per task and metric, one line per method; needs
+  matplotlib).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
+from ..data.loading import load_multitask_splits
 from ..errors import ConfigError, HyperscaleError, RunExistsError
 from ..training import distributed as hdist
 from ..training.config import load_config
 from ..training.ds_config import build_ds_config
 from ..training.recipe import Recipe
 from . import report
+from .chance import constant_predictor_scores
+from .report import metric_label
 
 EXPERIMENT_FILE = "experiment.json"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
+CELL_LOG = "cell.log"
 
 
 @dataclass(frozen=True)
@@ -43,13 +58,27 @@ class Cell:
     labels: dict = field(default_factory=dict)
 
 
-def cell_score(results: dict, split: str, task: str) -> float:
-    """A task's score on ``split``: the mean of its metrics (the paper's per-task average), in percent."""
+def cell_scores(results: dict, split: str, task: str) -> dict[str, float]:
+    """A task's scores on ``split``, ``{metric: percent}`` (mrpc: ``f1`` and ``acc``), as the run evaluated them."""
     metrics = results[split]["tasks"][task]
-    values = [float(v) for v in metrics.values() if v is not None]
+    values = {name: float(v) for name, v in metrics.items() if v is not None}
     if not values:
         raise HyperscaleError(f"results hold no metric for {task} on {split}")
-    return sum(values) / len(values)
+    return values
+
+
+def chance_reference(cfg: Any, task: str, split: str = "test") -> dict:
+    """What a constant predictor scores on the rows a cell with config ``cfg`` evaluates ``task`` on (the first
+    ``eval.max_examples`` of the split, loaded as the cell's run loads them):
+    ``{"split", "examples", "scores": {metric: {"score", "predicts"}}}``."""
+    d = cfg.data
+    splits = load_multitask_splits([task], None if d.data_dir == "sample" else d.data_dir, n_train=d.n_train,
+                                   n_val=d.n_val, n_test=d.n_test, seed=d.split_seed,
+                                   subset_seed=d.train_subset_seed, stsb_grid=d.stsb_grid)
+    targets = list(splits[task][split]["target"])
+    if cfg.eval.max_examples is not None:
+        targets = targets[:cfg.eval.max_examples]
+    return {"split": split, "examples": len(targets), "scores": constant_predictor_scores(task, targets)}
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -80,10 +109,67 @@ def claim_root(root: Path, spec: dict) -> None:
     _write_atomic(path, json.dumps(spec, indent=2) + "\n")
 
 
+@contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Everything this process writes to stdout and stderr (Python, DeepSpeed's C++ side, progress bars) goes to
+    ``path`` (appended) while the block runs."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(path, "a") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _say(msg: str) -> None:
+    """One line on the console (rank 0)."""
+    if hdist.is_main():
+        print(msg, flush=True)
+
+
+def _score_text(results_path: Path, split: str) -> str:
+    try:
+        res = json.loads(results_path.read_text())[split]["tasks"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no {split} scores"
+    return "; ".join(f"{task} " + ", ".join(f"{metric_label(m)} {v:.1f}" for m, v in scores.items())
+                     for task, scores in res.items())
+
+
+def _tidy(cell_dir: Path, keep_checkpoints: bool, keep_exports: bool) -> None:
+    """A finished cell keeps its results, config, evaluations and logs; its checkpoints and export go unless kept
+    (rank 0, after every rank is done with them)."""
+    hdist.barrier()
+    if not hdist.is_main():
+        return
+    # the run's tokenizer/ and, for a preset backbone, backbone/ (its random weights) serve its checkpoints: an
+    # export holds its own copies (hard links)
+    doomed = [] if keep_checkpoints else [cell_dir / "checkpoints", cell_dir / "tokenizer", cell_dir / "backbone"]
+    if not keep_exports:
+        doomed += [cell_dir / "export", *sorted(cell_dir.glob("export-step-*"))]
+    for path in doomed:
+        if path.is_dir():
+            shutil.rmtree(path)
+
+
 def run_grid(root: Path, spec: dict, config: Optional[str], overrides: list[str], cells: list[Cell],
-             tasks_of: Any, split: str = "test") -> list[dict]:
-    """Run every unfinished cell, then return one row per (cell, task): the cell's labels plus ``task``,
-    ``metric`` (the test score) and ``dir``. ``tasks_of(cell)`` names the tasks a cell reports."""
+             tasks_of: Any, split: str = "test", keep_checkpoints: bool = False,
+             keep_exports: bool = False) -> list[dict]:
+    """Run every unfinished cell (one console line each, the run's own output in its ``cell.log``), then return
+    one row per (cell, task, metric): the cell's labels plus ``task``, ``metric`` (its name: ``f1``, ``acc``, ...),
+    ``score`` (percent, on ``split``) and ``dir``. ``tasks_of(cell)`` names the tasks a cell reports. A cell that
+    finishes here loses its checkpoints unless ``keep_checkpoints`` and its export unless ``keep_exports``."""
     root = Path(root)
     configs = [load_config(config, [*overrides, *cell.overrides, f"output_dir={root / cell.name}"]) for cell in cells]
     info = hdist.init(load_config(config, overrides).distributed.timeout_s)
@@ -99,36 +185,71 @@ def run_grid(root: Path, spec: dict, config: Optional[str], overrides: list[str]
         raise error if error is not None else HyperscaleError("rank 0 refused the experiment directory")
     done = hdist.all_gather_object([(root / c.name / RESULTS_JSON).is_file() for c in cells])[0]
     todo = [(c, cfg) for c, cfg, d in zip(cells, configs, done) if not d]
-    hdist.log0(f"experiment {root}: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run")
+    _say(f"experiment {root}: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run "
+         f"(each cell's output: CELL/{CELL_LOG})")
+    width = len(str(len(todo)))
     for k, (cell, cfg) in enumerate(todo, 1):
-        hdist.log0(f"cell {k}/{len(todo)}: {cell.name}")
-        recipe = Recipe(cfg, resume="auto")
-        recipe.setup()
-        recipe.train()
-        recipe.finish()
+        cell_dir = root / cell.name
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        log = cell_dir / (CELL_LOG if info.rank == 0 else f"cell.rank{info.rank}.log")
+        t0 = time.perf_counter()
+        head = f"cell {k:>{width}}/{len(todo)} {cell.name}"
+        try:
+            with _output_to(log):
+                recipe = Recipe(cfg, resume="auto")
+                recipe.setup()
+                recipe.train()
+                recipe.finish()
+        except BaseException as e:
+            stopped = isinstance(e, (SystemExit, KeyboardInterrupt))
+            _say(f"{head}: {'stopped' if stopped else 'failed'} after {time.perf_counter() - t0:.0f} s; its log: {log}")
+            raise
+        _tidy(cell_dir, keep_checkpoints, keep_exports)
+        _say(f"{head}: {_score_text(cell_dir / RESULTS_JSON, split)} ({time.perf_counter() - t0:.0f} s)")
     rows = []
     for cell in cells:
         results = json.loads((root / cell.name / RESULTS_JSON).read_text())
         for task in tasks_of(cell):
-            rows.append({**cell.labels, "task": task, "metric": cell_score(results, split, task),
-                         "dir": cell.name})
+            for metric, score in cell_scores(results, split, task).items():
+                rows.append({**cell.labels, "task": task, "metric": metric, "score": score, "dir": cell.name})
     return rows
 
 
+def chance_references(config: Optional[str], overrides: list[str], cells: list[Cell], tasks_of: Any,
+                      split: str = "test") -> dict:
+    """Per task, what a constant predictor scores on its evaluated rows (:func:`chance_reference`, from the first
+    cell that reports the task; rank 0 only, empty elsewhere)."""
+    out: dict = {}
+    if not hdist.is_main():
+        return out
+    for cell in cells:
+        for task in tasks_of(cell):
+            if task in out:
+                continue
+            try:
+                out[task] = chance_reference(load_config(config, [*overrides, *cell.overrides]), task, split)
+            except (HyperscaleError, ValueError, OSError) as e:  # the tables go on without this task's chance
+                hdist.log0(f"no chance reference for {task}: {e}")
+                out[task] = {}
+    return {task: ref for task, ref in out.items() if ref}
+
+
 def write_reports(root: Path, rows: list[dict], x_key: str, x_label: str, title: str, plot_name: str,
-                  x_column: Optional[str] = None) -> dict:
+                  x_column: Optional[str] = None, chance: Optional[dict] = None, split: str = "test") -> dict:
     """``results.json``, ``results.md`` and the plot (rank 0 only). Returns the paths written; without
     matplotlib the JSON and Markdown are written and the log says how to get the plot. ``x_column``: the
-    table's name for x (default ``x_label``, the plot's axis label)."""
+    table's name for x (default ``x_label``, the plot's axis label). ``chance``: per task, a constant predictor's
+    scores (:func:`chance_references`), shown beside the scores."""
     paths: dict[str, Path] = {}
     if not hdist.is_main():
         return paths
     summary = report.summarize(rows, x_key)
-    report.write_json(root / RESULTS_JSON, {"rows": rows, "summary": summary})
-    _write_atomic(root / RESULTS_MD, f"# {title}\n\n" + report.markdown_table(summary, x_column or x_label, percent=False) + "\n")
+    report.write_json(root / RESULTS_JSON, {"rows": rows, "summary": summary, "chance": chance or {}})
+    table = report.markdown_table(summary, x_column or x_label, chance=chance, split=split)
+    _write_atomic(root / RESULTS_MD, f"# {title}\n\n{table}")
     paths.update(json=root / RESULTS_JSON, markdown=root / RESULTS_MD)
     try:
-        report.plot_curves(summary, root / plot_name, x_label=x_label, y_label="test score (%)", title=title)
+        report.plot_curves(summary, root / plot_name, x_label=x_label, title=title, chance=chance, split=split)
     except ConfigError as e:
         hdist.log0(f"no plot: {e}")
     else:
