@@ -39,19 +39,24 @@ def _constants(task, references: list[str]) -> list[str]:
 
 def constant_predictor_scores(task, references: Sequence[str]) -> dict:
     """Per metric of ``task``, the best score a constant answer reaches on ``references`` (target strings, as the
-    loader makes them): ``{metric: {"score": percent, "predicts": the answer (None for regression), "label": the
-    answer's class name (classification)}}``."""
+    loader makes them): ``{metric: {"score": percent, "predicts": the answer, "label": the answer's class name}}``;
+    ``predicts`` and ``label`` are None where every constant scores the same (regression, MCC)."""
     task = get_task(task)
     references = list(references)
     if not references:
         raise ValueError(f"{task.name}: no references to score a constant predictor on")
     best: dict = {}
+    every: dict = {}
     for constant in _constants(task, references):
         scores = compute_task_metrics(task, [constant] * len(references), references)
         for name, value in scores.items():
+            every.setdefault(name, set()).add(float(value))
             if name not in best or value > best[name]["score"]:
                 best[name] = {"score": float(value), "predicts": None if task.is_regression else constant,
                               "label": _label_name(task, constant)}
+    for name, values in every.items():
+        if len(values) == 1:  # every constant scores the same (MCC, correlations: 0): no answer to name
+            best[name].update(predicts=None, label=None)
     return best
 
 

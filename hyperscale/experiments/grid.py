@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ..data.loading import load_multitask_splits
+from ..data.specs import registry_for_export, registry_from_config
 from ..errors import ConfigError, HyperscaleError, RunExistsError
 from ..training import distributed as hdist
 from ..training.config import load_config
@@ -72,13 +73,17 @@ def chance_reference(cfg: Any, task: str, split: str = "test") -> dict:
     ``eval.max_examples`` of the split, loaded as the cell's run loads them):
     ``{"split", "examples", "scores": {metric: {"score", "predicts"}}}``."""
     d = cfg.data
-    splits = load_multitask_splits([task], None if d.data_dir == "sample" else d.data_dir, n_train=d.n_train,
-                                   n_val=d.n_val, n_test=d.n_test, seed=d.split_seed,
+    registry = registry_from_config(d)  # the built-in tasks and the config's own specs, as the run had them
+    if cfg.transfer.from_export:
+        registry = registry.merged(registry_for_export(cfg.transfer.from_export))
+    splits = load_multitask_splits([task], None if d.data_dir == "sample" else d.data_dir, registry=registry,
+                                   n_train=d.n_train, n_val=d.n_val, n_test=d.n_test, seed=d.split_seed,
                                    subset_seed=d.train_subset_seed, stsb_grid=d.stsb_grid)
     targets = list(splits[task][split]["target"])
     if cfg.eval.max_examples is not None:
         targets = targets[:cfg.eval.max_examples]
-    return {"split": split, "examples": len(targets), "scores": constant_predictor_scores(task, targets)}
+    return {"split": split, "examples": len(targets),
+            "scores": constant_predictor_scores(registry.get(task), targets)}
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -310,7 +310,8 @@ def test_the_constant_predictor_scores_what_a_model_that_ignores_its_input_reach
     mrpc = constant_predictor_scores("mrpc", ["1"] * 68 + ["0"] * 32)
     assert mrpc["acc"] == {"score": pytest.approx(68.0), "predicts": "1", "label": "equivalent"}
     assert mrpc["f1"]["score"] == pytest.approx(100 * 2 * 68 / (2 * 68 + 32))  # always "1": 80.95
-    assert constant_predictor_scores("cola", ["1", "0", "1"])["mcc"]["score"] == 0.0
+    assert constant_predictor_scores("cola", ["1", "0", "1"])["mcc"] == {"score": 0.0, "predicts": None,
+                                                                         "label": None}  # any answer: MCC 0
     stsb = constant_predictor_scores("stsb", ["1.2", "3.4", "0.4"])
     assert stsb["pearson"]["score"] == stsb["spearman"]["score"] == 0.0 and stsb["pearson"]["predicts"] is None
     assert constant_predictor_scores("cb", ["0", "2", "2", "1"])["acc"]["score"] == 50.0
