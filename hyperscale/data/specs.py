@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
@@ -66,7 +67,6 @@ _SPLIT_ORIGINS = {SMALL: {"train": "train", "dev": "validation"}, LARGE: {"train
                   OFFICIAL: {"train": "train", "validation": "validation", "test": "test"}}
 DEFAULT_GRID = 0.1
 NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
-_FIELD_RE = re.compile(r"\{([^{}]*)\}")
 
 
 def _hint(key: str, known: Iterable[str]) -> str:
@@ -336,7 +336,7 @@ def parse_spec(tree: Any, origin: str, base_dir: Optional[Path] = None, check_da
         s.fail("source", f"give a template over the data's columns (\"question: {{question}} context: "
                          f"{{passage}}\") or a list of columns, got {source!r}")
     try:
-        fields = [f for _, f, _, _ in __import__("string").Formatter().parse(template) if f is not None]
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as err:
         s.fail("source", f"not a valid template ({err}); write literal braces as {{{{ and }}}}")
     bad = [f for f in fields if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", f)]

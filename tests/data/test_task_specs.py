@@ -300,3 +300,26 @@ def test_three_spec_kinds_train_with_a_built_in_task_export_and_serve_without_sp
         assert res.returncode == 0 and text in res.stdout, res.stderr[-3000:]
     res = _cli("predict", run / "export", "--task", "nope", "x", cwd=tmp_path)
     assert res.returncode == 2 and "Unknown task 'nope'" in res.stderr
+
+
+# ---------------------------------------------------------------------------------------------- the example
+def test_shipped_example_loads_and_its_data_is_what_the_generator_writes(tmp_path: Path, monkeypatch):
+    example = REPO / "examples" / "tickets"
+    monkeypatch.chdir(REPO)  # run.yaml names its spec file relative to the repository root
+    from hyperscale import load_config
+
+    cfg = load_config(example / "run.yaml")
+    registry = build_registry(cfg.data.task_specs, cfg.data.task_files)
+    splits = load_multitask_splits(["ticket_team", "ticket_product"], None, registry=registry)
+    assert {k: len(v) for k, v in splits["ticket_team"].items()} == {"train": 300, "validation": 60, "test": 60}
+    assert set(splits["ticket_team"]["train"]["target"]) == {"billing", "technical", "account"}
+    assert registry.get("ticket_product").is_generation
+    # the shipped files are the generator's output (a few hundred rows, made up, CC0: LICENSE.md)
+    for name in ("make_data.py", "LICENSE.md", "tickets.yaml"):
+        assert (example / name).is_file()
+    copy = tmp_path / "tickets"
+    copy.mkdir()
+    (copy / "make_data.py").write_text((example / "make_data.py").read_text())
+    subprocess.run([sys.executable, str(copy / "make_data.py")], check=True, timeout=60)
+    for name in ("train.jsonl", "dev.csv"):
+        assert (copy / name).read_bytes() == (example / name).read_bytes(), name
