@@ -16,9 +16,9 @@ from ..data.metrics import average_metrics, compute_task_metrics
 from ..data.specs import registry_for_export
 from ..data.tasks import DEFAULT_STSB_GRID
 from ..errors import ConfigError
+from ..experiments.chance import constant_predictor_scores, metric_name
 from ..training.evaluate import predict_task
 from ..training.export import inference_device, load_export, read_export_info
-from ..training.recipe import format_results
 
 # settings of an export that records none (flag -> value): what this command used before exports recorded them
 FALLBACK = {"data_dir": "sample", "split_seed": 42, "max_source_length": 512, "mode": "rank", "batch_size": 32}
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                                    stsb_grid=rec.get("stsb_grid", DEFAULT_STSB_GRID),
                                    add_prefix=model.config.method == "finetune")
     inputs_to = next(model.parameters()).device  # the model's device (the first GPU of one spread over several)
-    per_task = {}
+    per_task, chance, examples = {}, {}, {}
     for task in tasks:
         ds = splits[task][args.split]
         if n is not None:
@@ -94,10 +94,31 @@ def run(args: argparse.Namespace) -> int:
                              max_target_tokens=spec.max_target_length + 1, batch_size=s["batch_size"],
                              device=inputs_to, max_source_length=s["max_source_length"])
         per_task[task] = compute_task_metrics(spec, preds, ds["target"])
+        chance[task] = constant_predictor_scores(spec, ds["target"])
+        examples[task] = len(ds)
     result = {args.split: {"step": info.get("step"), "tasks": per_task, "average": average_metrics(per_task)}}
     if args.json:
         print(json.dumps(result, indent=2))
-    else:  # a save_pretrained directory records no step
-        print(format_results({k: {**v, "step": v["step"] if v["step"] is not None else "unknown"}
-                              for k, v in result.items()}))
+    else:
+        print(format_table(args.export, args.split, info.get("step"), per_task, chance, examples))
     return 0
+
+
+def format_table(export, split: str, step, per_task: dict, chance: dict, examples: dict) -> str:
+    """The scores of every task and metric, each named, beside what a constant answer scores on the same examples
+    (``†``: a constant predictor reaches the score); headed by the split, the export's step and the export."""
+    where = f"step {step}" if step is not None else "step unknown: the export records none"
+    lines = [f"{split} ({where}): {export}; scores in percent; chance: the best constant answer on the same examples",
+             f"  {'task':<10} {'examples':>8}  {'metric':<10} {'score':>7} {'chance':>7}"]
+    for task, metrics in per_task.items():
+        for k, (metric, value) in enumerate(metrics.items()):
+            ref = chance.get(task, {}).get(metric)
+            mark = " †" if ref is not None and round(value, 2) <= round(ref["score"], 2) else ""
+            head = f"{task:<10} {examples.get(task, ''):>8}" if k == 0 else " " * 19
+            ref_text = f"{ref['score']:7.2f}" if ref is not None else f"{'–':>7}"
+            lines.append(f"  {head}  {metric_name(metric):<10} {value:7.2f} {ref_text}{mark}")
+    avg = average_metrics(per_task)
+    lines.append(f"  {'average':<10} {'':>8}  " + "  ".join(f"{k} {v:.2f}" for k, v in avg.items()))
+    if any(ln.endswith(" †") for ln in lines):
+        lines.append("  †: a constant predictor reaches this score (it says nothing about the model)")
+    return "\n".join(lines)

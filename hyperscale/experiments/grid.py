@@ -241,7 +241,8 @@ def chance_references(config: Optional[str], overrides: list[str], cells: list[C
 
 def write_reports(root: Path, rows: list[dict], x_key: str, x_label: str, title: str, plot_name: str,
                   x_column: Optional[str] = None, chance: Optional[dict] = None, split: str = "test") -> dict:
-    """``results.json``, ``results.md`` and the plot (rank 0 only). Returns the paths written; without
+    """``results.json``, ``results.md`` and the plot (rank 0 only). Returns the paths written (and, under
+    ``console``, the compact table :func:`print_reports` prints); without
     matplotlib the JSON and Markdown are written and the log says how to get the plot. ``x_column``: the
     table's name for x (default ``x_label``, the plot's axis label). ``chance``: per task, a constant predictor's
     scores (:func:`chance_references`), shown beside the scores."""
@@ -252,7 +253,8 @@ def write_reports(root: Path, rows: list[dict], x_key: str, x_label: str, title:
     report.write_json(root / RESULTS_JSON, {"rows": rows, "summary": summary, "chance": chance or {}})
     table = report.markdown_table(summary, x_column or x_label, chance=chance, split=split)
     _write_atomic(root / RESULTS_MD, f"# {title}\n\n{table}")
-    paths.update(json=root / RESULTS_JSON, markdown=root / RESULTS_MD)
+    paths.update(console=report.console_table(summary, x_column or x_label, chance=chance, split=split),
+                 json=root / RESULTS_JSON, markdown=root / RESULTS_MD)
     try:
         report.plot_curves(summary, root / plot_name, x_label=x_label, title=title, chance=chance, split=split)
     except ConfigError as e:
@@ -263,12 +265,14 @@ def write_reports(root: Path, rows: list[dict], x_key: str, x_label: str, title:
 
 
 def print_reports(paths: dict) -> None:
-    """The table, then where each report is (rank 0: the only rank with ``paths``)."""
+    """A compact table (every task's table is in ``results.md``), then where each report is (rank 0: the only rank
+    with ``paths``)."""
     if not paths:
         return
-    print(paths["markdown"].read_text())
+    print(paths["console"], end="")
     for kind, path in paths.items():
-        print(f"{kind:>9}: {path}")
+        if kind != "console":
+            print(f"{kind:>9}: {path}")
 
 
 def parse_int_list(text: str, what: str) -> list[int]:

@@ -4,6 +4,7 @@ The maths is plain torch / Python (no matplotlib needed)::
 
     summarize(rows, x_key, series_key="method", task_key="task", metric_key="metric", score_key="score")
     markdown_table(summary, x_label, chance=None, series_label="method", digits=1, split="test") -> str
+    console_table(summary, x_label, chance=None, digits=1, split="test") -> str   # aligned text, one row per line
     at_chance(score, chance, digits=1) -> bool    # a constant predictor reaches the score (as shown)
     cosine_similarity_matrix(embeddings) -> Tensor [n, n] (float64)
     project_2d(embeddings) -> Tensor [n, 2] (float64; PCA of the centred rows)
@@ -252,6 +253,45 @@ def markdown_table(summary: Sequence[dict], x_label: str, chance: Optional[dict]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def console_table(summary: Sequence[dict], x_label: str, chance: Optional[dict] = None, digits: int = 1,
+                  split: str = "test") -> str:
+    """A compact, aligned text table of a :func:`summarize` result for the console: a row per (task, metric,
+    series) with the constant predictor's score, a column per x; cells as in :func:`markdown_table` (± over 2+
+    seeds, ``(n=K)`` where a cell has fewer seeds than the most, † where a constant predictor reaches it)."""
+    if not summary:
+        raise ValueError("nothing to tabulate: the summary is empty")
+    xs = sorted({r["x"] for r in summary}, key=_sort_key)
+    most = max(int(r["n"]) for r in summary)
+    by_key = {(r["task"], r["metric"], r["series"], r["x"]): r for r in summary}
+    head = ["task", "metric", "chance", "method", *[f"{x_label}={_fmt_x(x)}" for x in xs]]
+    table = [head]
+    for task, metric, series in dict.fromkeys((r["task"], r["metric"], r["series"]) for r in summary):
+        c = _chance_of(chance, task, metric)
+        row = [str(task), metric_label(metric), f"{c['score']:.{digits}f}" if c is not None else "–", str(series)]
+        for x in xs:
+            r = by_key.get((task, metric, series, x))
+            if r is None:
+                row.append("–")
+                continue
+            text = f"{r['mean']:.{digits}f}"
+            if int(r["n"]) > 1 and r["std"] is not None:
+                text += f" ± {r['std']:.{digits}f}"
+            if int(r["n"]) != most:
+                text += f" (n={int(r['n'])})"
+            if c is not None and at_chance(r["mean"], c["score"], digits):
+                text += f" {AT_CHANCE_MARK}"
+            row.append(text)
+        table.append(row)
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    seeds = f"mean ± std over {most} seeds" if most > 1 else "1 seed"
+    lines = [f"{split} scores in percent ({seeds}); chance: a constant predictor's score"
+             + (f", {AT_CHANCE_MARK}: a constant predictor reaches it" if chance else "")]
+    for row in table:
+        cells = [c.ljust(w) if i in (0, 1, 3) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
 def _y_limits(values: Sequence[float], metric: str) -> tuple[float, float]:
     """A y range that holds ``values`` with a margin, at least :data:`MIN_Y_SPAN` wide, inside what the metric
     can take (so a flat 0.0 is a line in the middle of -10..10, not noise blown up to fill the panel)."""
@@ -289,11 +329,11 @@ def plot_curves(summary: Sequence[dict], path: PathLike, x_label: str, title: Op
     position = {x: (float(x) if numeric else float(i)) for i, x in enumerate(all_x)}
     log_x = numeric and min(position.values()) > 0 and max(position.values()) > 10 * min(position.values())
 
-    # x offsets: series i of S sits (i - (S-1)/2) steps from the true x; a step is 1.5 % of the axis' extent
+    # x offsets: series i of S sits (i - (S-1)/2) steps from the true x; a step is 2.5 % of the axis' extent
     # (in decades on a log axis)
     axis = {x: (math.log10(p) if log_x else p) for x, p in position.items()}
     extent = max(axis.values()) - min(axis.values())
-    step = 0.015 * extent if extent > 0 else (0.01 if log_x else 0.02 * max(1.0, abs(next(iter(axis.values())))))
+    step = 0.025 * extent if extent > 0 else (0.01 if log_x else 0.02 * max(1.0, abs(next(iter(axis.values())))))
     center = (len(series) - 1) / 2
 
     def shifted(x: Any, i: int) -> float:
@@ -469,6 +509,6 @@ def plot_cosine_similarity(embeddings: Any, names: Sequence[str], path: PathLike
 
 
 __all__ = ["PLOTS_HINT", "require_matplotlib", "check_new_files", "write_json", "summarize", "markdown_table",
-           "metric_label", "at_chance",
+           "metric_label", "at_chance", "console_table",
            "plot_curves", "cosine_similarity_matrix", "project_2d", "explained_variance_2d", "plot_task_embeddings",
            "plot_cosine_similarity"]

@@ -129,6 +129,9 @@ def test_adapt_prints_one_line_per_cell_and_keeps_each_cells_log(adapted):
         log = (out / name / "cell.log").read_text()  # the run's own output, there and not on the console
         assert len(log.splitlines()) >= 3
     assert "saved checkpoint" not in text and "train:" not in text and "Processing zero checkpoint" not in text
+    table = text[text.index("test scores in percent"):].splitlines()
+    assert table[1].split() == ["task", "metric", "chance", "method", "k=4", "k=8"]
+    assert [ln.split()[3] for ln in table[2:4]] == ["hyperformer++", "finetune"] and table[4].strip().startswith("json:")
 
 
 def test_a_finished_cell_keeps_results_and_export_but_not_checkpoints(adapted):
@@ -220,8 +223,8 @@ def test_reports_without_matplotlib_keep_the_table_and_say_how_to_get_plots(tmp_
     rows = [{"method": "m", "k": 4, "seed": s, "task": "cb", "metric": "acc", "score": v, "dir": f"c{s}"}
             for s, v in enumerate((50.0, 60.0))]
     paths = grid.write_reports(tmp_path, rows, "k", "k", "t", "p.png")
-    assert set(paths) == {"json", "markdown"} and not (tmp_path / "p.png").exists()
-    assert "55.0 ± 7.1" in (tmp_path / "results.md").read_text()
+    assert set(paths) == {"console", "json", "markdown"} and not (tmp_path / "p.png").exists()
+    assert "55.0 ± 7.1" in (tmp_path / "results.md").read_text() and "55.0 ± 7.1" in paths["console"]
     assert "pip install -e '.[plots]'" in capsys.readouterr().out
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
@@ -293,6 +296,10 @@ def test_the_table_names_every_metric_in_its_own_column_beside_chance():
     assert "| adapters | 100 | 2 | 6.0 ± 1.4 |" in lines
     assert "a 0.0 there most likely means the model gave every example the same answer" in lines[0]
     assert "† marks a score a constant predictor reaches" in lines[0]
+    console = report.console_table(report.summarize(rows, "n_train"), "n", chance=CHANCE).splitlines()
+    assert console[1].split() == ["task", "metric", "chance", "method", "n=100"]
+    assert console[2].split() == ["mrpc", "F1", "81.2", "hyperformer++", "81.2", "±", "0.0", "†"]
+    assert console[3].split() == ["mrpc", "F1", "81.2", "adapters", "85.0", "±", "1.4"]
 
 
 def test_plus_minus_only_with_two_or_more_seeds():
@@ -357,3 +364,19 @@ def test_the_plot_has_a_panel_per_task_and_metric_with_sane_axes(tmp_path, monke
     assert len(seen["legends"]) == 1 and not any(ax.get_legend() for ax in axes)  # one legend, below the panels
     labels = [t.get_text() for t in seen["legends"][0].get_texts()]
     assert labels == ["hyperformer++", "adapters", "constant predictor (chance)"]
+
+
+def test_eval_table_names_split_step_metrics_and_chance():
+    from hyperscale.cli.eval import format_table
+
+    per_task = {"mrpc": {"f1": 81.66, "acc": 75.0}, "cola": {"mcc": 0.0}}
+    chance = {"mrpc": constant_predictor_scores("mrpc", ["1"] * 69 + ["0"] * 31),
+              "cola": constant_predictor_scores("cola", ["1", "0"] * 50)}
+    lines = format_table("out/", "test", 200, per_task, chance, {"mrpc": 100, "cola": 100}).splitlines()
+    assert lines[0].startswith("test (step 200): out/; scores in percent; chance: the best constant answer")
+    assert lines[2].split() == ["mrpc", "100", "F1", "81.66", "81.66", "†"]  # always "1" reaches it
+    assert lines[3].split() == ["accuracy", "75.00", "69.00"]  # above the majority class: no mark
+    assert lines[4].split() == ["cola", "100", "MCC", "0.00", "0.00", "†"]
+    assert lines[-1].startswith("  †: a constant predictor reaches this score")
+    unknown = format_table("dir/", "validation", None, per_task, chance, {"mrpc": 100, "cola": 100})
+    assert unknown.startswith("validation (step unknown: the export records none): dir/")
