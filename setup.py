@@ -1,10 +1,17 @@
 from setuptools import find_packages, setup
 
+# package_dir={"": "."}: the import root is named explicitly, so that `pip install -e .` installs a path
+# entry (a .pth line naming this checkout, as `setup.py develop` did) rather than setuptools' default
+# import hook for flat layouts. Python's path finder prefers a regular package anywhere on sys.path over a
+# directory without __init__.py, so `import hyperscale` gets the installed package even from the folder that
+# holds a checkout named hyperscale/ (the hook is asked only after the path finder, which would have taken
+# that checkout for a namespace package: pypa/setuptools#3557). tests/test_readme.py checks it.
 setup(
     name="hyperscale",
     version="0.1.0",
     description="Parameter-efficient multi-task fine-tuning of T5 with shared hypernetworks (HyperFormer++) on DeepSpeed",
     packages=find_packages(include=["hyperscale", "hyperscale.*"]),
+    package_dir={"": "."},
     package_data={
         "hyperscale": [
             "configs/*.yaml",

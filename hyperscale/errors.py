@@ -9,9 +9,10 @@ of the Python API would catch (``ValueError``, ``FileExistsError``, ``FileNotFou
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 
 class HyperscaleError(Exception):
@@ -40,6 +41,15 @@ class RunExistsError(HyperscaleError, FileExistsError):
 
 class TrainingDivergedError(HyperscaleError):
     """The loss became NaN or infinite, or DeepSpeed skipped every step (overflowing gradients)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are :class:`ConfigError`: under :func:`run_main` one ``hyperscale: error:``
+    line naming the subcommand's ``--help`` (exit 2), instead of argparse's usage block. Its subparsers are of
+    this class too (``add_subparsers`` makes parsers of its parser's type); ``--help`` is unchanged."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see `{self.prog} --help`)")
 
 
 def _rank() -> int:

@@ -118,12 +118,27 @@ def _cli_cases(export: Path, tmp: Path) -> list:
         (["export", str(tmp / "no-run"), str(tmp / "out")], "no complete hyperscale checkpoint"),
         (["predict", str(export), "--task", "mrpc", "sentence1: a sentence2: b"], "unknown task id 'mrpc'"),
         (["predict", str(export), "--task", "nosuch", "x"], "Unknown task 'nosuch'"),
-        (["predict", str(tmp / "no-export"), "--task", "rte", "x"], "has no hyperscale_config.json"),
+        (["predict", str(tmp / "no-export"), "--task", "rte", "x"], "no-export does not exist"),
         (["eval", str(export), "--tasks", "rte", "--data-dir", str(tmp / "no-data")], "is not a directory"),
+        # argument errors: one line naming the subcommand's --help, not argparse's usage block (issue 20)
+        (["adapt", str(export), "--tasks", "cb"], "the following arguments are required: --out "
+                                                  "(see `hyperscale adapt --help`)"),
+        (["sweep"], "the following arguments are required: --out (see `hyperscale sweep --help`)"),
+        (["train", "--resume"], "argument --resume: expected one argument (see `hyperscale train --help`)"),
+        (["plan", "--gpus-per-node", "x"], "argument --gpus-per-node: invalid"),
+        (["eval", str(export), "--nope"], "unrecognized arguments: --nope"),
+        (["export"], "the following arguments are required: checkpoint, out (see `hyperscale export --help`)"),
+        (["trian"], "invalid choice: 'trian'"),
+        ([], "the following arguments are required: command (see `hyperscale --help`)"),
+        # clearer messages (issue 20)
+        (["eval", str(export), "--tasks", "rte,mrpc"], "--tasks mrpc: not a task of the export"),
+        (["eval", str(export), "--tasks", "mrpc"], "(its tasks: rte, cb)"),
+        (["adapt", str(tmp / "no-export"), "--tasks", "boolq", "--out", str(tmp / "out")], "no-export does not exist"),
+        (["eval", str(tmp / "no-export")], "no-export does not exist"),
     ]
 
 
-N_CLI = 12
+N_CLI = 24
 
 
 @pytest.mark.parametrize("k", range(N_CLI))
@@ -134,7 +149,7 @@ def test_cli_subcommands(export_dir: Path, tmp_path: Path, capsys, k: int):
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("hyperscale: error:")]
     assert len(lines) == 1 and expected in lines[0], err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "usage:" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 

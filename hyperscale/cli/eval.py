@@ -17,6 +17,7 @@ from ..data.specs import registry_for_export
 from ..data.tasks import DEFAULT_STSB_GRID
 from ..errors import ConfigError
 from ..experiments.chance import constant_predictor_scores, metric_name
+from ..modeling.io import read_config
 from ..training.evaluate import predict_task
 from ..training.export import inference_device, load_export, read_export_info
 
@@ -62,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
     _check_positive("--n", args.n, " (leave it out for every example)")
     _check_positive("--max-source-length", args.max_source_length)
     device = inference_device(args.device)  # a GPU asked for and not there: said before anything else
+    known = list(read_config(args.export).tasks)  # a path that is not an export: said before anything loads
+    asked = [t for t in args.tasks.split(",") if t] if args.tasks else None
+    unknown = [t for t in asked or [] if t not in known]
+    if unknown:
+        raise ConfigError(f"--tasks {','.join(unknown)}: not a task of the export {args.export} (its tasks: "
+                          f"{', '.join(known)})")
     info = read_export_info(args.export) or {}
     rec = info.get("evaluation") or {}
     given = {"data_dir": args.data_dir, "split_seed": args.seed, "max_source_length": args.max_source_length,
@@ -75,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     model, tokenizer = load_export(args.export, args.backbone, device=device,
                                    dtype=args.dtype if args.dtype != "auto" else rec.get("precision"))
-    tasks = args.tasks.split(",") if args.tasks else rec.get("tasks") or model.tasks
+    tasks = asked or rec.get("tasks") or model.tasks
     registry = registry_for_export(args.export)  # the built-in tasks and the export's own (export.json task_specs)
     splits = load_multitask_splits(tasks, None if s["data_dir"] == "sample" else s["data_dir"], registry=registry,
                                    seed=s["split_seed"],

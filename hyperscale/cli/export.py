@@ -3,6 +3,8 @@ size -> standalone weights that load without DeepSpeed, the run or (unless it is
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from ..training.export import export_checkpoint, read_export_info
 
@@ -28,10 +30,25 @@ def run(args: argparse.Namespace) -> int:
     info = read_export_info(out) or {}
     bb = info.get("backbone") or {}
     if bb.get("included"):
-        where = f"backbone copied into {out / bb['path']}"
+        where = f"backbone {_how_included(out / bb['path'], bb.get('origin') or '')} {out / bb['path']}"
     else:
         where = f"backbone {bb.get('backbone_id')!r} not included: loading the export needs it"
     print(f"exported step {info.get('step')} to {out} ({where})")
     for line in info.get("how_to_load", []):
         print(f"  {line}")
     return 0
+
+
+def _how_included(backbone: Path, origin: str) -> str:
+    """How the backbone's files got into the export, as the files say: hard links to a local backbone's files
+    (no second copy on disk: a link count above 1), copies (another file system), or written from the model
+    (a preset or a hub model)."""
+    files = [p for p in backbone.iterdir() if p.is_file()] if backbone.is_dir() else []
+    if not os.path.isdir(origin):
+        return "written to"
+    linked = sum(p.stat().st_nlink > 1 for p in files)
+    if files and linked == len(files):
+        return "hard-linked (no second copy on disk) into"
+    if linked == 0:
+        return "copied into"
+    return f"linked ({linked} files) and copied ({len(files) - linked}) into"

@@ -80,12 +80,17 @@ def format_report(report: dict[str, Any], backbone: str) -> str:
     rows.append(("trainable (total)", f"{report['trainable']:,}"))
     rows.append(("backbone (all weights)", f"{report['backbone']:,}"))
     rows.append(("model total", f"{report['total']:,}"))
-    rows.append(("trainable per task (% of backbone)", f"{report['percent_per_task']:.2f} %"))
+    per_task = report["method"] != "finetune"  # finetune trains one whole model for every task: no per-task share
+    if per_task:
+        rows.append(("trainable per task (% of backbone)", f"{report['percent_per_task']:.2f} %"))
+    else:
+        rows.append(("trainable (% of backbone)", f"{100.0 * report['trainable'] / report['backbone']:.2f} %"))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     n_groups = len(report["groups"])
     head = (f"{report['method']} on {backbone}: {report['tasks']} task(s), reduction factor "
-            f"{report['reduction_factor']} (adapter bottleneck {report['bottleneck']})")
+            f"{report['reduction_factor']} (adapter bottleneck {report['bottleneck']})" if per_task else
+            f"{report['method']} on {backbone}: {report['tasks']} task(s), all weights shared by every task")
     lines = [head, "", f"{'group':<{w0}}  {'parameters':>{w1}}", "-" * (w0 + 2 + w1)]
     for i, (name, value) in enumerate(rows):
         if i == n_groups:

@@ -401,8 +401,10 @@ def tensors_digest(sd: dict[str, torch.Tensor]) -> str:
 def read_config(directory: PathLike) -> HyperscaleConfig:
     d = Path(directory)
     if not (d / CONFIG_NAME).is_file():
-        raise CheckpointNotFoundError(f"{d} has no {CONFIG_NAME}: give a directory written by "
-                                "HyperscaleModel.save_pretrained or `hyperscale export`")
+        what = ("does not exist" if not d.exists() else "is not a directory" if not d.is_dir()
+                else f"has no {CONFIG_NAME}")
+        raise CheckpointNotFoundError(f"{d} {what}: give a directory written by "
+                                      "HyperscaleModel.save_pretrained or `hyperscale export`")
     try:
         return HyperscaleConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
     except (ValueError, TypeError, UnicodeDecodeError) as e:  # ConfigError is a ValueError too

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+from .logging import hidden_output
 from ..launch import setup_distributed_env
 
 SIMULATE_ENV = "HYPERSCALE_SIMULATE_NCCL"
@@ -64,7 +65,8 @@ def init(timeout_s: int, device: str = "auto") -> RankInfo:
     where = training_device(device, env.local_rank)
     if where.type == "cuda":
         torch.cuda.set_device(where)  # before the group exists: NCCL binds the rank to the current device
-    deepspeed.init_distributed(timeout=timedelta(seconds=timeout_s))
+    with hidden_output():  # DeepSpeed's "deepspeed_shm_comm_op built successfully", a line per rank, unless verbose
+        deepspeed.init_distributed(timeout=timedelta(seconds=timeout_s))
     if os.environ.get(SIMULATE_ENV) == "1":
         simulate_nccl()
     return RankInfo(env.rank, env.local_rank, env.world_size, where)
@@ -95,7 +97,10 @@ def barrier() -> None:
 def log0(msg: str) -> None:
     """Print once, from rank 0."""
     if is_main():
-        print(f"[hyperscale] {msg}", flush=True)
+        from tqdm import tqdm
+
+        tqdm.write(f"[hyperscale] {msg}", file=sys.stdout)  # above the training progress bar, not inside it
+        sys.stdout.flush()
 
 
 # ------------------------------------------------------------------------------------- collectives

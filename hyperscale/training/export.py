@@ -48,6 +48,7 @@ from ..modeling.model import (
     load_backbone,
 )
 from ..modeling.presets import backbone_from_config
+from .logging import hidden_output
 from .checkpoint import COMPLETE, read_trainer_state, resolve_checkpoint, safe_load
 from .config import DataConfig, EvalConfig, TrainConfig
 
@@ -92,8 +93,9 @@ def consolidated_state_dict(ckpt_dir: Path) -> dict[str, torch.Tensor]:
             get_fp32_state_dict_from_zero_checkpoint,
         )
 
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name,
-                                                      exclude_frozen_parameters=True)
+        with hidden_output():  # its "Processing zero checkpoint" block and progress bar, unless verbose
+            sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir.parent), tag=ckpt_dir.name,
+                                                          exclude_frozen_parameters=True)
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 

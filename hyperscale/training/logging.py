@@ -1,15 +1,24 @@
-"""Run logging on rank 0: TensorBoard scalars/text and a JSON-lines step log."""
+"""Run logging on rank 0 (TensorBoard scalars/text and a JSON-lines step log), and what third-party code may
+print: :func:`quiet_known_noise` (known-harmless warnings) and :func:`third_party_quiet` (progress bars and
+banners off unless ``logging.verbose``), both scoped to a block."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+import importlib
+import io
 import json
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import torch
 
+T = TypeVar("T")
 
 class RunLogger:
     """Writes ``RUN/tensorboard`` and ``RUN/train_log.jsonl``; a no-op on ranks other than 0.
@@ -68,18 +77,103 @@ class _DropMessages(logging.Filter):
         return not any(f in record.getMessage() for f in self.fragments)
 
 
-def quiet_known_noise() -> None:
-    """Silence third-party messages known to be harmless, narrowly (by message and source); everything else
-    still shows. Call before DeepSpeed is imported."""
-    # DeepSpeed announces "Setting accelerator to CPU" on every import when no GPU is visible; naming the
-    # accelerator is the documented way to say that CPU is meant
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    # DeepSpeed 0.19's ZeRO-2/3 call torch.distributed's deprecated reduce_scatter_tensor / all_gather_into_tensor:
-    # a FutureWarning on every step (upstream: deepspeed/comm/torch.py)
-    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` "
-                            r"is deprecated", category=FutureWarning)
+@contextlib.contextmanager
+def quiet_known_noise() -> Iterator[None]:
+    """Within the block, silence third-party messages known to be harmless, narrowly (by message and source);
+    everything else still shows. Enter before DeepSpeed is imported. Every change is undone on exit (the
+    warning filters, the logger filter, the environment), so a caller from Python keeps its own settings."""
+    set_env = False
+    # DeepSpeed announces "Setting accelerator to CPU" on its import when no GPU is visible; naming the
+    # accelerator is the documented way to say that CPU is meant (read once, when DeepSpeed picks its accelerator)
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+        set_env = True
     # WarmupLR's constructor reads its own learning rate before the first step (upstream:
     # deepspeed/runtime/lr_schedules.py, WarmupLR.__init__ -> get_lr)
-    logging.getLogger("DeepSpeed").addFilter(
-        _DropMessages("Attempting to get learning rate from scheduler before it has started"))
+    lr_notice = _DropMessages("Attempting to get learning rate from scheduler before it has started")
+    ds_logger = logging.getLogger("DeepSpeed")
+    ds_logger.addFilter(lr_notice)
+    try:
+        with warnings.catch_warnings():
+            # DeepSpeed 0.19's ZeRO-2/3 call torch.distributed's deprecated reduce_scatter_tensor /
+            # all_gather_into_tensor: a FutureWarning on every step (upstream: deepspeed/comm/torch.py)
+            warnings.filterwarnings("ignore", message=r"`torch\.distributed\.(reduce_scatter_tensor|"
+                                    r"all_gather_into_tensor)` is deprecated", category=FutureWarning)
+            yield
+    finally:
+        ds_logger.removeFilter(lr_notice)
+        if set_env:
+            os.environ.pop("DS_ACCELERATOR", None)
+
+
+# ---------------------------------------------------------------------------------------------- quiet by default
+# True inside third_party_quiet(verbose=True) (``--verbose`` / ``logging.verbose=true``): hidden_output shows all
+_VERBOSE: contextvars.ContextVar[bool] = contextvars.ContextVar("hyperscale_verbose", default=False)
+
+
+@contextlib.contextmanager
+def hidden_output() -> Iterator[None]:
+    """Hide what third-party code prints to stdout/stderr within the block (DeepSpeed's ``print`` banners: "...
+    built successfully", zero_to_fp32's "Processing zero checkpoint" block), unless verbose. If the block raises,
+    what it printed is written to stderr before the error goes on, so nothing that explains a failure is lost."""
+    if _VERBOSE.get():
+        yield
+        return
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            yield
+    except BaseException:
+        sys.stderr.write(buffer.getvalue())
+        raise
+
+
+@contextlib.contextmanager
+def third_party_quiet(verbose: bool = False) -> Iterator[None]:
+    """Within the block: the progress bars of datasets (tokenization) and transformers (loading and writing
+    weights) off, and :func:`hidden_output` hiding DeepSpeed's banners, unless ``verbose``. Hugging Face Hub
+    downloads keep their progress bars (minutes for a large backbone). The previous settings come back on exit."""
+    token = _VERBOSE.set(bool(verbose))
+    try:
+        if verbose:
+            yield
+            return
+        from datasets.utils import logging as datasets_logging
+        from transformers.utils import logging as transformers_logging
+
+        hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module (the package exports a class)
+
+        datasets_bars = datasets_logging.is_progress_bar_enabled()
+        transformers_bars = transformers_logging.is_progress_bar_enabled()
+        hub_bars = dict(hub_tqdm.progress_bar_states)
+        with warnings.catch_warnings():  # a HF_*_DISABLE_PROGRESS_BARS variable has priority: it says so
+            warnings.simplefilter("ignore")
+            datasets_logging.disable_progress_bar()
+            transformers_logging.disable_progress_bar()  # also switches the hub's off: put those back
+        hub_tqdm.progress_bar_states.clear()
+        hub_tqdm.progress_bar_states.update(hub_bars)
+        try:
+            yield
+        finally:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if datasets_bars:
+                    datasets_logging.enable_progress_bar()
+                if transformers_bars:
+                    transformers_logging.enable_progress_bar()
+            hub_tqdm.progress_bar_states.clear()
+            hub_tqdm.progress_bar_states.update(hub_bars)
+    finally:
+        _VERBOSE.reset(token)
+
+
+def quiet_unless_verbose(method: Callable[..., T]) -> Callable[..., T]:
+    """Decorate a :class:`~hyperscale.training.recipe.Recipe` method: it runs in :func:`third_party_quiet`, verbose
+    as its run config's ``logging.verbose`` says."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
+        with third_party_quiet(getattr(self.cfg.logging, "verbose", False)):
+            return method(self, *args, **kwargs)
+
+    return wrapper

@@ -729,8 +729,8 @@ class Recipe:
             per_task[task] = compute_task_metrics(spec, preds, rows["target"])
             if self.rank == 0 and self.cfg.logging.verbose:  # progress on stderr: a line per task
                 metrics = "  ".join(f"{k} {v:.2f}" for k, v in per_task[task].items())
-                print(f"[hyperscale] eval {split} step {self.state.step}: {task} ({n} examples) {metrics}  "
-                      f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr, flush=True)
+                tqdm.write(f"[hyperscale] eval {split} step {self.state.step}: {task} ({n} examples) {metrics}  "
+                           f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr)  # above the bar, not inside it
             n_examples += n
         if was_training:
             module.train()
@@ -738,9 +738,9 @@ class Recipe:
                   "seconds": time.perf_counter() - t0}
         if self.rank == 0 and not self.cfg.logging.verbose:  # one line per evaluation (per task: logging.verbose)
             mean = result["average"].get("mean_all_metrics")
-            print(f"[hyperscale] eval {split} step {self.state.step}: {len(per_task)} tasks, {n_examples:,} examples"
-                  + (f", mean of all metrics {mean:.2f}" if mean is not None else "")
-                  + f"  [{result['seconds']:.1f} s]", file=sys.stderr, flush=True)
+            tqdm.write(f"[hyperscale] eval {split} step {self.state.step}: {len(per_task)} tasks, {n_examples:,} "
+                       "examples" + (f", mean of all metrics {mean:.2f}" if mean is not None else "")
+                       + f"  [{result['seconds']:.1f} s]", file=sys.stderr)  # above the bar, not inside it
         if self.rank == 0:
             out = self.output_dir / "eval"
             out.mkdir(parents=True, exist_ok=True)

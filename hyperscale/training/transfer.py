@@ -74,12 +74,10 @@ def load_for_transfer(transfer: TransferConfig, model_cfg: ModelConfig, tasks: l
     new = [t for t in tasks if t not in saved.tasks]
     for task in new:
         model.add_task(task, transfer.new_task_init)
-    fixed = hold_fixed(model, transfer.train)
-    learn = trained_parameters(model, transfer.train)
-    n_learn = sum(p.numel() for p in model.parameters() if id(p) in learn)
+    hold_fixed(model, transfer.train)
+    # what learns and what is held fixed: the recipe's "model:" line (Recipe._parameter_summary)
     hdist.log0(f"transfer from {transfer.from_export}: new tasks {', '.join(new) or 'none'} "
-               f"(init: {transfer.new_task_init}); transfer.train={transfer.train}: {n_learn:,} parameters learn, "
-               f"{len(fixed)} trainable tensors are held fixed")
+               f"(init: {transfer.new_task_init})")
     return model
 
 

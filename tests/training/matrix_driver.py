@@ -258,7 +258,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from hyperscale.training import distributed as hdist
     from hyperscale.training.logging import quiet_known_noise
 
-    quiet_known_noise()
+    quiet_known_noise().__enter__()  # for the rest of this driver process
     info = hdist.init(600, "cpu")  # once; every Recipe.setup finds the group started
     rank, world = info.rank, info.world_size
     outcomes = Outcomes(os.environ.get("TORCHELASTIC_RUN_ID", "plain") + f"-{args.summary.name}", rank, world)

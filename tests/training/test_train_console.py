@@ -1,5 +1,6 @@
 """What a user sees on the console: a loss line per logging window when the progress bar is off (SLURM logs),
-evaluation progress per task on stderr, and the result table's notice that a preset backbone is random."""
+evaluation progress per task on stderr with --verbose, the result table's notice that a preset backbone is random,
+and a default run short of third-party noise (issue 20: 69 lines before, 33 after)."""
 from __future__ import annotations
 
 import re
@@ -21,12 +22,12 @@ def test_loss_lines_without_a_progress_bar(runs):
     assert [int(s) for s in lines] == list(range(2, 13, 2)), text[-2000:]
 
 
-def test_eval_progress_on_stderr_and_the_random_backbone_notice(runs, tmp_path: Path):
+def test_eval_progress_per_task_with_verbose_and_the_random_backbone_notice(runs, tmp_path: Path):
     run = tmp_path / "run"
     shutil.copytree(runs("fp32-z0-1p").dir, run)
     (run / "results.json").unlink()  # a finished run without results evaluates again
     proc = subprocess.run([sys.executable, "-m", "hyperscale.train", str(TINY), f"output_dir={run}",
-                           "deepspeed.zero_stage=0", "--resume", "auto"], cwd=REPO, env=run_env(),
+                           "deepspeed.zero_stage=0", "--resume", "auto", "--verbose"], cwd=REPO, env=run_env(),
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for split in ("validation", "test"):
@@ -35,3 +36,34 @@ def test_eval_progress_on_stderr_and_the_random_backbone_notice(runs, tmp_path: 
                              re.M), proc.stderr[-2000:]
     assert "model.backbone=preset:t5-tiny is a randomly initialised T5" in proc.stdout
     assert "at chance level" in proc.stdout and "configs/glue-t5-base.yaml" in proc.stdout
+
+
+# what third-party code printed in the default run before issue 20 (tokenization bars, weight loading/writing bars,
+# DeepSpeed's banners): none of it may come back by default
+NOISE = ("tokenize ", "Loading weights", "Writing model shards", "built successfully", "Processing zero checkpoint",
+         "Reconstructed fp32 state dict", "Loading checkpoint shards", "Setting accelerator to")
+
+
+def test_the_default_run_prints_what_a_user_needs(tmp_path: Path):
+    """``hyperscale train`` with the embedded default (shortened: 4 steps, 8 examples per evaluation), from a cold
+    tokenization cache: what trains, progress, the result tables and where things are, in at most 36 lines
+    (the full default run printed 69 before issue 20, 33 after)."""
+    env = run_env()
+    env["HYPERSCALE_CACHE"] = str(tmp_path / "cache")  # cold: tokenization runs, as in a first run
+    env.pop("DS_ACCELERATOR")  # as a user runs it: the CLI names the CPU accelerator itself, silently
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "hyperscale.cli", "train", f"output_dir={run}", "train.max_steps=4",
+                           "eval.max_examples=8"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=400)
+    out = proc.stdout.decode("utf-8", "replace")  # bytes: text mode would turn a progress bar's \r into lines
+    assert proc.returncode == 0, out[-3000:]
+    lines = out.rstrip("\n").split("\n")  # as a terminal (and wc -l) counts them: a bar's \r updates are one line
+    assert len(lines) <= 36, f"{len(lines)} lines:\n{out}"
+    assert not [n for n in NOISE if n in out], out
+    out = "\n".join(ln.rsplit("\r", 1)[-1] for ln in lines)  # what a terminal shows of each line
+    assert re.search(r"^\[hyperscale\] model: hyperformer\+\+ on .*: [\d,]+ trainable parameters", out, re.M), out
+    for split in ("validation", "test"):
+        assert re.search(rf"^\[hyperscale\] eval {split} step 4: 6 tasks, 48 examples", out, re.M), out
+        assert f"{split} (step 4):" in out
+    for where in ("checkpoint:", "tensorboard:", "export:"):
+        assert re.search(rf"^ *{where} {re.escape(str(run))}", out, re.M), out
