@@ -24,14 +24,17 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="module")
 def world1_group():
     """A world-size-1 process group (gloo) for a module's in-process DeepSpeed tests, destroyed afterwards (later
-    tests expect no group). DeepSpeed caches a clone of the world group process-wide; the cache is cleared with
-    the group, or the next module's engines would use the dead one ("Group ... is not registered")."""
+    tests expect no group). A group left by an earlier in-process test (the benchmark's rows start one) is left
+    first: DeepSpeed caches a clone of the world group process-wide, and ``hdist.leave`` clears it with the group,
+    or this module's engines would use a dead one ("Group ... is not registered")."""
     import os
     import socket
 
     import deepspeed
-    import torch
 
+    from hyperscale.training import distributed as hdist
+
+    hdist.leave()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -39,11 +42,7 @@ def world1_group():
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     deepspeed.init_distributed()
     yield
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    from deepspeed.utils import groups
-
-    groups._WORLD_GROUP = None
+    hdist.leave()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

@@ -44,6 +44,27 @@ def _env() -> dict:
     return env
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _leaves_no_process_group():
+    """The in-process rows below start the benchmark's one-process group (and set its rank variables and
+    DeepSpeed's logger levels), as ``hyperscale bench`` does for its whole process; gone after this module."""
+    import logging
+
+    from hyperscale.training import distributed as hdist
+
+    env = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    levels = {n: logging.getLogger(n).level for n in ("DeepSpeed", "deepspeed")}
+    yield
+    hdist.leave()
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    for n, level in levels.items():
+        logging.getLogger(n).setLevel(level)
+
+
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory) -> tuple[dict, str, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("bench")

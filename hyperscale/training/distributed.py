@@ -73,6 +73,17 @@ def init(timeout_s: int, device: str = "auto") -> RankInfo:
 
 
 # ------------------------------------------------------------------------------------------ ranks
+def leave() -> None:
+    """Destroy this process's group, and DeepSpeed's process-wide clone of the world group with it: the clone
+    outlives the group it was made from, and a later group in the same process (a second run from Python, the
+    next test) would hand DeepSpeed the dead one ("Group ... is not registered"). Idempotent."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    groups = sys.modules.get("deepspeed.utils.groups")  # only if DeepSpeed was imported: nothing to clear else
+    if groups is not None:
+        groups._WORLD_GROUP = None
+
+
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
