@@ -236,7 +236,8 @@ def test_adapt_under_two_ranks_in_bf16_keeps_held_weights_bit_identical(sources,
     log = tmp_path / "log"
     proc = launch(["-m", "hyperscale.cli"], ["adapt", str(sources["hyperformer++"]), "--tasks", "cb", "--k", "8",
                                              "--seeds", "1", "--train", "embedding", "--out", str(out),
-                                             "--config", str(TINY), "train.max_steps=3", "train.micro_batch_size=4",
+                                             "--config", str(TINY), "--keep-exports", "train.max_steps=3",
+                                             "train.micro_batch_size=4",
                                              "train.precision=bf16", "deepspeed.zero_stage=2", "eval.max_examples=8"],
                   2, log)
     assert proc.returncode == 0, log.read_text()[-3000:]
@@ -245,6 +246,9 @@ def test_adapt_under_two_ranks_in_bf16_keeps_held_weights_bit_identical(sources,
     assert [n for n in before if n != "bank.task_embeddings" and not torch.equal(before[n], after[n])] == []
     assert torch.equal(after["bank.task_embeddings"][:2], before["bank.task_embeddings"])
     assert not torch.equal(after["bank.task_embeddings"][2], before["bank.task_embeddings"].mean(0))
+    cell = out / "hyperformer++_embedding" / "cb" / "k8" / "seed0"  # each rank's output in its own log
+    assert (cell / "cell.log").is_file() and (cell / "cell.rank1.log").is_file()
+    assert not (cell / "checkpoints").exists()  # both ranks' shards, removed once every rank was done
 
 
 def test_a_grid_that_does_not_fit_the_ranks_is_refused_before_any_run(sources, tmp_path):
