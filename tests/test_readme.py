@@ -51,7 +51,6 @@ def test_readme_python_example_runs_beside_a_checkout_named_hyperscale(tmp_path)
     hint = "(an editable install from before setup.py's package_dir? rerun `pip install -e .`)"
     assert r.returncode == 0, f"{hint}\n{r.stdout}\n{r.stderr}"
     assert "README example ok" in r.stdout
-    assert "Setting accelerator to" not in r.stdout + r.stderr  # the API stays free of DeepSpeed's import banner
 
 
 def test_fresh_editable_install_wins_over_a_checkout_in_the_working_directory(tmp_path):
@@ -86,3 +85,31 @@ def test_fresh_editable_install_wins_over_a_checkout_in_the_working_directory(tm
                        cwd=checkout.parent, env=_env_without_pythonpath(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert Path(r.stdout.strip()) == checkout / "hyperscale" / "__init__.py"
+
+
+def test_the_python_api_does_not_import_deepspeed(tmp_path):
+    """Building, running, saving and reloading a model never imports DeepSpeed, so the API prints none of its
+    banners ("Setting accelerator to CPU" without a GPU) and stays light. (In the README example, transformers'
+    own ``save_pretrained`` of the plain T5 imports it, through accelerate: that line is not hyperscale's.)"""
+    code = f"""
+import sys, torch
+from hyperscale import HyperscaleModel
+model = HyperscaleModel.from_backbone("preset:t5-tiny", tasks=["rte", "cb"], reduction_factor=8)
+ids = torch.randint(2, 100, (2, 5))
+model(ids, torch.ones_like(ids), labels=ids[:, :2].contiguous(), task_ids=["rte", "cb"]).loss.backward()
+model.generate(ids, attention_mask=torch.ones_like(ids), task_ids="rte", max_new_tokens=2)
+model = HyperscaleModel.from_backbone({str(tmp_path / "t5")!r}, tasks=["rte", "cb"], reduction_factor=8)
+model.save_pretrained({str(tmp_path / "m")!r})
+HyperscaleModel.from_pretrained({str(tmp_path / "m")!r}).materialize()
+print(sorted(m for m in sys.modules if m.split(".")[0] == "deepspeed"))
+"""
+    env = {k: v for k, v in _env_without_pythonpath().items() if k != "DS_ACCELERATOR"}
+    save = ("from transformers import T5Config, T5ForConditionalGeneration; T5ForConditionalGeneration(T5Config("
+            "d_model=32, d_ff=64, d_kv=8, num_heads=2, num_layers=1, vocab_size=32128, decoder_start_token_id=0))"
+            f".save_pretrained({str(tmp_path / 't5')!r})")  # transformers alone, in a process of its own
+    subprocess.run([sys.executable, "-c", save], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout
+    assert "Setting accelerator" not in r.stdout + r.stderr
