@@ -5,7 +5,10 @@
 * bad specs: one ``hyperscale: error:`` line naming the spec (its file) and the key, exit 2, nothing written;
 * end to end: a classification (jsonl), a regression (csv) and a generation (parquet) spec train in one run with a
   built-in task, are evaluated with their metrics, exported, and predicted and evaluated from the export after
-  the spec files are deleted.
+  the spec files are deleted;
+* learning: two spec tasks with opposite answers on the same inputs reach >= 95 % held-out with HyperFormer++ on a
+  tiny random T5, and a third (equal to one of them) adapted by its task embedding alone on k = 32 reaches >= 90 %
+  (about a minute; ``LEARNING_TEST_VERBOSE=1 pytest -s -k learnt`` prints the stopping rule's probe).
 """
 from __future__ import annotations
 
@@ -323,3 +326,156 @@ def test_shipped_example_loads_and_its_data_is_what_the_generator_writes(tmp_pat
     subprocess.run([sys.executable, str(copy / "make_data.py")], check=True, timeout=60)
     for name in ("train.jsonl", "dev.csv"):
         assert (copy / name).read_bytes() == (example / name).read_bytes(), name
+
+
+# ---------------------------------------------------------------------------------------------- learning
+# Two spec tasks over the *same* file with opposite answers: "marker_pos" answers yes when the word MARKER_WORD
+# occurs in the text, "marker_neg" answers no then. The answer is marker XOR task, so only a model conditioned on
+# the task can beat 50 % on both (as tests/modeling/test_learning.py, there on token ids; here the data goes
+# through the spec machinery: files, column mapping, split protocol, tokenizer, rank classification over the
+# label names). HyperFormer++ on a tiny random T5 (d_model 32, the real T5 vocabulary). Training stops once a
+# probe drawn from the *training* rows is answered perfectly with an answer NLL below LEARN_CONVERGED (or at
+# LEARN_MAX_STEPS), so the held-out thresholds do not depend on how fast a CPU's kernels get there.
+# Then a third spec task equal to marker_pos is added to the model and only its task embedding trains, on
+# k = 32 of its examples: the hypernetwork already knows how, the embedding has to find it.
+FILLERS = ("apple river stone cloud green house table music light paper water horse bread chair glass field "
+           "dream silver winter garden candle forest yellow basket mirror pencil rocket violin desert island").split()
+MARKER_WORD = "zebra"
+LEARN_MAX_STEPS, LEARN_CHECK_EVERY, LEARN_BATCH, LEARN_LR = 2000, 25, 64, 1e-3
+LEARN_CONVERGED = 0.02  # probe answer NLL (first target token, restricted to the two answers): stop below it
+ADAPT_K, ADAPT_MAX_STEPS, ADAPT_LR = 32, 1500, 3e-2
+LEARN_PASS, ADAPT_PASS = 95.0, 90.0
+
+
+def _marker_rows(n: int, seed: int) -> list:
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(FILLERS) for _ in range(6)]
+        has = rng.random() < 0.5
+        if has:
+            words[rng.randrange(6)] = MARKER_WORD
+        rows.append({"text": " ".join(words), "pos": "yes" if has else "no", "neg": "no" if has else "yes"})
+    return rows
+
+
+def _marker_spec(name: str, column: str) -> dict:
+    return {"name": name, "source": "text: {text}", "labels": ["no", "yes"], "targets": "names",
+            "data": {"train": "train.jsonl", "validation": "dev.jsonl", "columns": {"text": "text", "label": column}}}
+
+
+def _batches(tok_splits: dict, names: list, rows: list) -> dict:
+    """A batch of the given rows of each named task (tokenized train split), task ids per example."""
+    from hyperscale.data.tokenization import Seq2SeqCollator
+
+    feats = [{"input_ids": tok_splits[t]["input_ids"][i], "labels": tok_splits[t]["labels"][i], "task_id": 0}
+             for t in names for i in rows]
+    batch = Seq2SeqCollator(pad_token_id=0)(feats)
+    batch.pop("task_ids")
+    batch["task_ids"] = [t for t in names for _ in rows]
+    return batch
+
+
+def _fit(model, params, tok: dict, names: list, pick, probe_rows: list, max_steps: int, lr: float) -> int:
+    import torch
+
+    opt = torch.optim.Adam(params, lr=lr)
+    probe = _batches(tok, names, probe_rows)
+    answers = sorted(set(probe["labels"][:, 0].tolist()))  # "no" and "yes" start with different tokens
+    assert len(answers) == 2
+    target = torch.tensor([answers.index(t) for t in probe["labels"][:, 0].tolist()])
+    model.train()
+    for step in range(max_steps):
+        if step % LEARN_CHECK_EVERY == 0:
+            model.eval()
+            with torch.no_grad():  # the answer: the first target token, between the answers' first tokens
+                logits = model(**probe).logits[:, 0][:, answers]
+                nll = torch.nn.functional.cross_entropy(logits, target).item()
+                right = bool((logits.argmax(-1) == target).all())
+            model.train()
+            if os.environ.get("LEARNING_TEST_VERBOSE"):
+                print(f"step {step}: probe answer NLL {nll:.4f}, all right {right}")
+            if right and nll < LEARN_CONVERGED:
+                break
+        loss = model(**_batches(tok, names, pick(step))).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    return step
+
+
+def _held_out(model, registry, splits, task: str, query: str = None) -> float:
+    from hyperscale.data.tokenization import default_tokenizer
+    from hyperscale.training.evaluate import predict_task
+
+    spec, test = registry.get(task), splits[task]["test"]
+    preds = predict_task(model, default_tokenizer(), query or task, test["source"], mode="rank",
+                         label_strings=spec.rank_labels(), max_target_tokens=spec.max_target_length + 1,
+                         batch_size=256, device=__import__("torch").device("cpu"), max_source_length=32)
+    return compute_task_metrics(spec, preds, test["target"])["accuracy"]
+
+
+def test_two_spec_tasks_with_opposite_answers_are_learnt_and_a_third_is_adapted_by_its_embedding(tmp_path: Path):
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from hyperscale.data.tokenization import columns_as_lists, default_tokenizer, tokenize_splits
+    from hyperscale.modeling import HyperscaleModel
+    from hyperscale.training.transfer import hold_fixed, trained_parameters
+
+    root = tmp_path / "marker"
+    root.mkdir()
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _marker_rows(2000, seed=1)))
+    (root / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _marker_rows(1024, seed=2)))
+    specs = [_marker_spec("marker_pos", "pos"), _marker_spec("marker_neg", "neg"), _marker_spec("marker_again", "pos")]
+    files = [str(write_spec(root, f"{s['name']}.yaml", s)) for s in specs]
+    registry = build_registry(task_files=files)
+    names = ["marker_pos", "marker_neg"]
+    splits = load_multitask_splits(names, None, registry=registry)
+    # the premise: the same inputs in the same order, opposite answers
+    assert splits["marker_pos"]["train"]["source"] == splits["marker_neg"]["train"]["source"]
+    assert all(a != b for a, b in zip(splits["marker_pos"]["train"]["target"], splits["marker_neg"]["train"]["target"]))
+    tok = {t: columns_as_lists(s["train"], ["input_ids", "labels"]) for t, s in
+           tokenize_splits(splits, default_tokenizer(), 32, 4, tmp_path / "cache").items()}
+    n = len(tok["marker_pos"]["input_ids"])
+    half = LEARN_BATCH // 2
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        backbone = T5ForConditionalGeneration(T5Config(
+            vocab_size=32128, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=1,
+            relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="relu", tie_word_embeddings=True,
+            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)).eval()
+        model = HyperscaleModel.from_backbone(backbone, names, method="hyperformer++", reduction_factor=4)
+        torch.manual_seed(0)
+        steps = _fit(model, [p for p in model.parameters() if p.requires_grad], tok, names,
+                     lambda s: [(s * half + j) % n for j in range(half)], list(range(n - 128, n)),
+                     LEARN_MAX_STEPS, LEARN_LR)
+        acc = {t: _held_out(model, registry, splits, t) for t in names}
+        print(f"\n[spec learning] {steps} steps, held-out accuracy {acc}")
+        assert all(a >= LEARN_PASS for a in acc.values()), (steps, acc)
+        # the ids matter: each task's inputs asked under the other id get the other answers
+        assert _held_out(model, registry, splits, "marker_pos", query="marker_neg") <= 100 - LEARN_PASS
+
+        # adapt: a third spec task (equal to marker_pos), k = 32 examples, only its task embedding trains
+        new = load_multitask_splits(["marker_again"], None, registry=registry, n_train=ADAPT_K, subset_seed=0)
+        new_tok = {t: columns_as_lists(s["train"], ["input_ids", "labels"]) for t, s in
+                   tokenize_splits(new, default_tokenizer(), 32, 4, tmp_path / "cache").items()}
+        model.add_task("marker_again", init="mean")
+        hold_fixed(model, "embedding")
+        learn = trained_parameters(model, "embedding")
+        frozen = {k: v.detach().clone() for k, v in model.named_parameters() if id(v) not in learn}
+        torch.manual_seed(0)
+        steps = _fit(model, [p for p in model.parameters() if id(p) in learn], new_tok, ["marker_again"],
+                     lambda s: list(range(ADAPT_K)), list(range(ADAPT_K)), ADAPT_MAX_STEPS, ADAPT_LR)
+        acc_new = _held_out(model, registry, new, "marker_again")
+        print(f"[spec adapt] {steps} steps on k={ADAPT_K}, held-out accuracy {acc_new:.1f}")
+        assert acc_new >= ADAPT_PASS, (steps, acc_new)
+        assert all(torch.equal(v, dict(model.named_parameters())[k]) for k, v in frozen.items())
+    finally:
+        torch.set_num_threads(before)
