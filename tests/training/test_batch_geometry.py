@@ -4,7 +4,8 @@
   accumulation, the micro-batch the largest divisor of the per-rank batch up to the cap), or ``hyperscale slurm
   --dry-run`` refuses the job up front with one line that names ``train.global_batch_size`` and the fix.
 - The README's two-rank torchrun line runs as written (2 CPU ranks) and records the resolved micro-batch in
-  RUN/config.yaml; a global batch the ranks cannot share is refused before anything is written.
+  RUN/config.yaml; a global batch the ranks cannot share is refused before anything is written; a run under
+  both auto settings records them, and its resume on two ranks keeps the stage and chooses the micro-batch again.
 - ``deepspeed.zero_stage=auto`` with simulated memory (the GPU's and the host's memory source monkeypatched):
   a small budget takes ZeRO-3 and a large one a replicated stage, each what the memory plan recommends; a
   resume keeps its checkpoint's stage without a plan.
@@ -29,7 +30,7 @@ from hyperscale.training.activations import FakeStepper
 from hyperscale.training.config import CONFIG_DIR, load_config
 from hyperscale.training.ds_config import DS_CONFIG_DIR, build_ds_config
 from hyperscale.training.geometry import CPU_MICRO_BATCH_CAP, batch_geometry, per_rank_batch, resolve_auto
-from training_helpers import REPO, log_tail, run_env
+from training_helpers import REPO, TINY, launch, log_tail, run_env
 
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
 WORLDS = (1, 2, 8, 16, 32)
@@ -108,6 +109,7 @@ def _readme_torchrun_line() -> str:
     return lines[0]
 
 
+@pytest.mark.distributed
 def test_readme_torchrun_line_runs_on_two_cpu_ranks(tmp_path: Path):
     words = shlex.split(_readme_torchrun_line())
     run_dir = tmp_path / "run"
@@ -127,6 +129,7 @@ def test_readme_torchrun_line_runs_on_two_cpu_ranks(tmp_path: Path):
     assert f"train.micro_batch_size=auto -> {micro}" in log.read_text()
 
 
+@pytest.mark.distributed
 def test_a_global_batch_the_ranks_cannot_share_is_refused_before_anything_is_written(tmp_path: Path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
@@ -138,6 +141,31 @@ def test_a_global_batch_the_ranks_cannot_share_is_refused_before_anything_is_wri
     assert errors and "train.global_batch_size=7 cannot be split evenly over 2 ranks" in errors[0], errors
     assert "multiple of 2 (e.g. 6 or 8)" in errors[0]
     assert not run_dir.exists()
+
+
+@pytest.mark.distributed
+def test_auto_values_are_recorded_and_a_resume_on_another_world_size_chooses_the_micro_batch_again(tmp_path: Path):
+    run = tmp_path / "run"
+    common = [str(TINY), f"output_dir={run}", "deepspeed.zero_stage=auto"]
+    proc = launch(["-m", "hyperscale.train"], [*common, "train.max_steps=4"], 1, tmp_path / "one.log")
+    assert proc.returncode == 0, log_tail(tmp_path / "one.log")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    stage = saved["deepspeed"]["zero_stage"]
+    assert saved["train"]["micro_batch_size"] == 8 and stage in (0, 1, 2, 3), saved  # 8 examples on one rank
+    text = (tmp_path / "one.log").read_text()
+    assert f"deepspeed.zero_stage=auto -> {stage} by the memory plan for " in text
+    ckpt = run / "checkpoints" / "step-00000004"
+    assert yaml.safe_load((ckpt / "run_config.yaml").read_text())["deepspeed"]["zero_stage"] == stage
+    # two ranks now: the stage is the checkpoint's, the micro-batch is chosen for 4 examples per rank
+    proc = launch(["-m", "hyperscale.train"], [*common, "train.max_steps=6", "--resume", "auto"], 2,
+                  tmp_path / "two.log")
+    assert proc.returncode == 0, log_tail(tmp_path / "two.log")
+    text = (tmp_path / "two.log").read_text()
+    assert f"deepspeed.zero_stage=auto -> {stage} kept from the checkpoint" in text
+    assert "train.micro_batch_size=auto -> 4" in text
+    resumed = yaml.safe_load((run / "config.resumed-step-00000004.yaml").read_text())
+    assert resumed["train"]["micro_batch_size"] == 4 and resumed["deepspeed"]["zero_stage"] == stage
+    assert yaml.safe_load((run / "config.yaml").read_text()) == saved  # the original stays as it was
 
 
 # -------------------------------------------------------------------------------- zero_stage: auto

@@ -115,7 +115,7 @@ SPECS: dict[str, Spec] = {
     "fp32-z0-1p": Spec(0, "fp32", nproc=1, extra=["train.micro_batch_size=4"]),
     "fp32-z0-1p-resumed": Spec(0, "fp32", nproc=1, resume_of="fp32-z0-1p", extra=["train.micro_batch_size=4"]),
     # torch.compile (aot_eager: Dynamo and AOTAutograd as inductor sees them, without its minute of codegen)
-    "fp32-z0-1p-compiled": Spec(0, "fp32", nproc=1, extra=COMPILED),
+    "fp32-z0-1p-compiled": Spec(0, "fp32", nproc=1, extra=[*COMPILED, "train.micro_batch_size=4"]),
     "fp32-z2-compiled": Spec(2, "fp32", extra=COMPILED),
     "fp32-z2-compiled-resumed": Spec(2, "fp32", resume_of="fp32-z2-compiled", extra=COMPILED),
     # ZeRO-3 with the backbone loaded straight into shards; bf16 ZeRO-1 (DeepSpeed's BF16_Optimizer files)
