@@ -303,6 +303,16 @@ def test_three_spec_kinds_train_with_a_built_in_task_export_and_serve_without_sp
         assert res.returncode == 0 and text in res.stdout, res.stderr[-3000:]
     res = _cli("predict", run / "export", "--task", "nope", "x", cwd=tmp_path)
     assert res.returncode == 2 and "Unknown task 'nope'" in res.stderr
+    # few-shot transfer of the export (whose spec files are gone) to a new spec task, given by its own file
+    new = json.loads(json.dumps(PARITY))
+    new.update(name="parity_fewshot", targets="ids")
+    new["data"].update(train=str(data / "parity_train.jsonl"), validation=str(data / "parity_dev.jsonl"))
+    write_spec(tmp_path, "fewshot.yaml", new)
+    res = _cli("adapt", run / "export", "--tasks", "parity_fewshot", "data.task_files=[fewshot.yaml]", "--k", "8",
+               "--seeds", "1", "--train", "embedding", "--out", tmp_path / "fewshot", "train.max_steps=2", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads((tmp_path / "fewshot" / "results.json").read_text())
+    assert "parity_fewshot" in json.dumps(rows) and "f1_macro" in json.dumps(rows)
 
 
 # ---------------------------------------------------------------------------------------------- the example
