@@ -37,8 +37,9 @@ from ..data.loading import load_multitask_splits
 from ..data.specs import registry_for_export, registry_from_config
 from ..errors import ConfigError, HyperscaleError, RunExistsError
 from ..training import distributed as hdist
-from ..training.config import load_config
+from ..training.config import AUTO, load_config
 from ..training.ds_config import build_ds_config
+from ..training.geometry import batch_geometry
 from ..training.recipe import Recipe
 from . import report
 from .chance import constant_predictor_scores
@@ -179,7 +180,10 @@ def run_grid(root: Path, spec: dict, config: Optional[str], overrides: list[str]
     configs = [load_config(config, [*overrides, *cell.overrides, f"output_dir={root / cell.name}"]) for cell in cells]
     info = hdist.init(load_config(config, overrides).distributed.timeout_s)
     for cfg in configs:  # every cell's settings are checked, for this number of ranks, before anything runs
-        build_ds_config(cfg, info.world_size)
+        if cfg.deepspeed.zero_stage == AUTO:  # each run's trainer chooses its stage: the batch geometry here
+            batch_geometry(cfg, info.world_size)
+        else:
+            build_ds_config(cfg, info.world_size)
     error = None
     if info.rank == 0:
         try:
