@@ -321,7 +321,7 @@ def load_task_splits(task, data_dir=None, n_train=None, n_val=None, n_test=None,
     origins = [o for o in task.local_files if o in set(task.split_origins.values())]
 
     if task.is_spec:  # a task of your own: its spec names its files (data_dir is for the built-in tasks)
-        source = "files:" + ",".join(task.files[o] for o in origins)
+        source = task.data_source()
         rows_by_origin = {origin: task.read_split(origin) for origin in origins}
     elif isinstance(data_dir, str) and data_dir == HUB:
         source = "hub:" + "/".join(str(x) for x in task.hub if x)

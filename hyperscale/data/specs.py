@@ -15,6 +15,7 @@ A spec (one YAML mapping; a spec file holds one spec or a list of them)::
       train: data/train.jsonl                   # jsonl, csv, tsv or parquet (by extension, or data.format)
       validation: data/dev.csv                  # small/large: train + validation (the official dev set);
       test: data/test.parquet                   # official: train + validation + test
+      # hub: {path: user/dataset, name: null, splits: {train: train, validation: validation}}   instead of files
       columns: {subject: Subject, body: Body, label: category}   # every source field and label -> file column
 
 Relative data paths are relative to the spec file's folder (inline specs: to the working directory); a spec's
@@ -40,6 +41,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
+from .. import hub
 from ..errors import ConfigError
 from .errors import DataError
 from .tasks import LARGE, OFFICIAL, SMALL, SPLIT_KINDS, TASKS, Task, get_task
@@ -48,7 +50,8 @@ CLASSIFICATION, REGRESSION, GENERATION = "classification", "regression", "genera
 KINDS = (CLASSIFICATION, REGRESSION, GENERATION)
 
 SPEC_KEYS = ("name", "source", "labels", "targets", "regression", "generation", "metrics", "split", "data")
-DATA_KEYS = ("train", "validation", "test", "format", "columns")
+DATA_KEYS = ("train", "validation", "test", "format", "hub", "columns")
+HUB_KEYS = ("path", "name", "splits")
 REGRESSION_KEYS = ("min", "max", "grid")
 GENERATION_KEYS = ("max_target_length",)
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
@@ -89,6 +92,7 @@ class SpecTask(Task):
     files: Mapping[str, str] = field(default_factory=dict)  # origin split -> absolute path
     formats: Mapping[str, str] = field(default_factory=dict)  # origin split -> file format
     column_map: Mapping[str, str] = field(default_factory=dict)  # our column (and "label") -> the file's column
+    hub_splits: Mapping[str, str] = field(default_factory=dict)  # data.hub: origin split -> the hub's split
     origin: str = ""  # where the spec was defined (a file, data.task_specs[i], an export)
     record: Mapping[str, Any] = field(default_factory=dict)
 
@@ -104,6 +108,8 @@ class SpecTask(Task):
         data = rec.get("data", {})
         for split in ("train", "validation", "test"):
             data.pop(split, None)
+        if isinstance(data.get("hub"), dict) and Path(str(data["hub"].get("path"))).is_absolute():
+            data["hub"].pop("path")  # a local dataset folder: where it lies is not the protocol
         return hashlib.sha256(json.dumps(rec, sort_keys=True).encode("utf-8")).hexdigest()
 
     # ---- targets
@@ -196,22 +202,37 @@ class SpecTask(Task):
         return labels.index(text) if text in labels else None
 
     # ---- data
+    def data_source(self) -> str:
+        """Where the rows come from (the protocol record's ``source``)."""
+        if self.hub_splits:
+            return "hub:" + "/".join(str(x) for x in self.hub if x)
+        return "files:" + ",".join(self.files.values())
+
     def read_split(self, origin: str) -> list:
-        """Rows of one file (our column names, parsed ``label``, ``_index``: the 0-based data row), read
-        through ``datasets``."""
-        path, fmt = Path(self.files[origin]), self.formats[origin]
-        if not path.is_file():
-            raise DataError(f"{self.origin}: data.{origin}: file {str(path)!r} does not exist")
-        table = _read_table(path, fmt)
+        """Rows of one file or hub split (our column names, parsed ``label``, ``_index``: the 0-based data row),
+        read through ``datasets``. Unlabelled hub rows (label -1, as GLUE's test splits) are left out."""
+        if self.hub_splits:
+            split = self.hub_splits[origin]
+            table = _read_hub_table(self.hub, split, self.name)
+            shown, first_row = f"hub {'/'.join(str(x) for x in self.hub if x)} [{split}]", 0
+        else:
+            path, fmt = Path(self.files[origin]), self.formats[origin]
+            if not path.is_file():
+                raise DataError(f"{self.origin}: data.{origin}: file {str(path)!r} does not exist")
+            table = _read_table(path, fmt)
+            shown, first_row = str(path), 1
         missing = [f"{ours} -> {theirs!r}" for ours, theirs in self.column_map.items() if theirs not in table]
         if missing:
-            raise DataError(f"{self.origin}: data.columns: {path} lacks the mapped column(s) {', '.join(missing)} "
+            raise DataError(f"{self.origin}: data.columns: {shown} lacks the mapped column(s) {', '.join(missing)} "
                             f"(its columns: {', '.join(sorted(table))})")
         n = len(next(iter(table.values()))) if table else 0
         rows = []
         label_col = self.column_map["label"]
         for i in range(n):
-            where = f"{path}: row {i + 1}"
+            where = f"{shown}: row {i + first_row}"
+            raw = table[label_col][i]
+            if self.hub_splits and self.spec_kind == CLASSIFICATION and not isinstance(raw, bool) and raw == -1:
+                continue
             row = {}
             for ours in self.columns:
                 value = table[self.column_map[ours]][i]
@@ -250,6 +271,28 @@ def _read_table(path: Path, fmt: str) -> dict:
         if shown:
             enable_progress_bar()
     return ds.to_dict()
+
+
+def _read_hub_table(source: tuple, split: str, task: str) -> dict:
+    """One split of a hub dataset (or of a local dataset folder) as ``{column: list}``. Offline, or with the hub
+    out of reach, only the local cache is read, and a dataset missing there is one line naming the way out."""
+    import datasets
+
+    path, name = source
+    args = (path, name) if name else (path,)
+    if Path(path).expanduser().exists():  # a local dataset folder: no network involved
+        return datasets.load_dataset(str(Path(path).expanduser()), *args[1:], split=split).to_dict()
+    use_network = not hub.offline("HF_DATASETS_OFFLINE") and hub.reachable()
+    try:
+        with hub.cache_only(not use_network):
+            data = datasets.load_dataset(*args, split=split)
+    except Exception:  # datasets raises several types for "not cached"
+        if use_network:
+            raise
+        hub.require(f"task {task}: data.hub {'/'.join(str(a) for a in args)} [{split}]",
+                    "bring the data as files (data.train, data.validation, ...)", "HF_DATASETS_OFFLINE")
+        raise
+    return data.to_dict()
 
 
 def _file_columns(path: Path, fmt: str) -> Optional[list]:
@@ -422,8 +465,7 @@ def parse_spec(tree: Any, origin: str, base_dir: Optional[Path] = None, check_da
         try:
             import rouge_score  # noqa: F401
         except ImportError:
-            s.fail("metrics", "rouge_l needs the rouge-score package: pip install rouge-score (or "
-                              "pip install -e '.[rouge]')")
+            s.fail("metrics", "rouge_l needs the rouge-score package: pip install rouge-score")
     record["metrics"] = list(metrics)
 
     # ---- split
@@ -436,7 +478,31 @@ def parse_spec(tree: Any, origin: str, base_dir: Optional[Path] = None, check_da
     data = s.mapping(tree.get("data"), "data", DATA_KEYS) if tree.get("data") is not None else \
         s.fail("data", "missing: give the files (data: {train: ..., validation: ..., columns: {...}})")
     needed = SPLIT_FILES[split]
+    hub_source, hub_splits = (), {}
+    if data.get("hub") is not None:  # a hub dataset (or a local dataset folder) instead of files
+        given = [k for k in ("train", "validation", "test", "format") if data.get(k) is not None]
+        if given:
+            s.fail(f"data.{given[0]}", "give files (data.train, data.validation, ...) or data.hub, not both")
+        h = s.mapping(data["hub"], "data.hub", HUB_KEYS)
+        if not isinstance(h.get("path"), str) or not h["path"]:
+            s.fail("data.hub.path", f"missing: the dataset's hub id or a local dataset folder, got {h.get('path')!r}")
+        name_ = h.get("name")
+        if name_ is not None and not isinstance(name_, str):
+            s.fail("data.hub.name", f"must be the dataset's configuration name, got {name_!r}")
+        splits_ = s.mapping(h.get("splits") or {}, "data.hub.splits", needed)
+        for origin_split in needed:
+            if not isinstance(splits_.get(origin_split), str):
+                s.fail(f"data.hub.splits.{origin_split}", f"missing: split {split} reads the hub splits "
+                                                          f"{' and '.join(needed)}, e.g. splits: {{train: train, "
+                                                          "validation: validation}}")
+        hub_path = h["path"]
+        local = (Path(base_dir) if base_dir is not None else Path.cwd()) / Path(hub_path).expanduser()
+        if local.is_dir():  # a local dataset folder (relative like data files): recorded absolute
+            hub_path = str(local.resolve())
+        hub_source, hub_splits = (hub_path, name_), {o: splits_[o] for o in needed}
     for origin_split in ("train", "validation", "test"):
+        if hub_splits:
+            break
         if origin_split in needed and not data.get(origin_split):
             s.fail(f"data.{origin_split}", f"missing: split {split} reads {' and '.join(needed)} files")
         if origin_split not in needed and data.get(origin_split):
@@ -448,7 +514,7 @@ def parse_spec(tree: Any, origin: str, base_dir: Optional[Path] = None, check_da
         s.fail("data.format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     files, formats = {}, {}
-    for origin_split in needed:
+    for origin_split in () if hub_splits else needed:
         raw = data[origin_split]
         if not isinstance(raw, str):
             s.fail(f"data.{origin_split}", f"must be a file path, got {raw!r}")
@@ -490,10 +556,14 @@ def parse_spec(tree: Any, origin: str, base_dir: Optional[Path] = None, check_da
                                                   f"columns: {', '.join(found)})")
     record["data"] = {**files, "format": fmt, "columns": dict(column_map)} if fmt else \
         {**files, "columns": dict(column_map)}
+    if hub_splits:
+        record["data"] = {"hub": {"path": hub_source[0], "name": hub_source[1], "splits": dict(hub_splits)},
+                          "columns": dict(column_map)}
 
     return SpecTask(
         name=name, fields=tuple((c, c) for c in columns), label_names=label_names, metrics=tuple(metrics),
-        split_kind=split, local_dir="", local_files=dict(files), split_origins=_SPLIT_ORIGINS[split], hub=(),
+        split_kind=split, local_dir="", local_files=dict(files) or {o: f"hub:{hub_splits[o]}" for o in needed},
+        split_origins=_SPLIT_ORIGINS[split], hub=hub_source, hub_splits=hub_splits,
         is_regression=kind == REGRESSION, max_target_length=max_target, spec_kind=kind, template=template,
         target_names=target_names, value_range=value_range, grid=grid, files=files, formats=formats,
         column_map=dict(column_map), origin=origin, record=record)

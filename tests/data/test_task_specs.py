@@ -489,3 +489,37 @@ def test_two_spec_tasks_with_opposite_answers_are_learnt_and_a_third_is_adapted_
         assert all(torch.equal(v, dict(model.named_parameters())[k]) for k, v in frozen.items())
     finally:
         torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------- hub datasets
+def test_hub_dataset_spec_from_a_local_dataset_folder(data_root: Path, tmp_path: Path, monkeypatch):
+    """``data.hub`` reads through ``datasets.load_dataset``; a local dataset folder stands in for the hub here
+    (offline), as the loader treats both alike after finding the data."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = tmp_path / "parity_ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text((data_root / "parity_train.jsonl").read_text())
+    (folder / "validation.jsonl").write_text((data_root / "parity_dev.jsonl").read_text())
+    spec = dict(PARITY, name="parity_hub")
+    spec["data"] = {"hub": {"path": "parity_ds", "splits": {"train": "train", "validation": "validation"}},
+                    "columns": PARITY["data"]["columns"]}
+    registry = build_registry(task_files=[str(write_spec(tmp_path, "hub.yaml", spec))])
+    splits = load_multitask_splits(["parity_hub"], None, registry=registry)
+    files = build_registry(task_files=[str(write_spec(data_root, "parity.yaml", PARITY))])
+    same = load_multitask_splits(["parity"], None, registry=files)
+    assert splits["parity_hub"]["test"]["target"] == same["parity"]["test"]["target"]
+    assert splits["parity_hub"].protocol["source"].startswith("hub:")
+    assert registry.records()["parity_hub"]["data"]["hub"]["path"] == str(folder.resolve())
+    # not there, offline: one line naming the way out
+    spec["data"]["hub"]["path"] = "someone/not-cached-anywhere"
+    missing = build_registry(task_files=[str(write_spec(tmp_path, "hub.yaml", spec))])
+    with pytest.raises(HyperscaleError, match="not in the local cache and HF_HUB_OFFLINE is set; bring the data"):
+        load_multitask_splits(["parity_hub"], None, registry=missing)
+    # files and hub together, or a hub split missing: the spec's key
+    both = json.loads(json.dumps(spec))
+    both["data"]["train"] = "x.jsonl"
+    with pytest.raises(ConfigError, match=r"\(task parity_hub\): data.train: give files .* or data.hub, not both"):
+        parse_spec(both, "hub.yaml", tmp_path)
+    del spec["data"]["hub"]["splits"]["validation"]
+    with pytest.raises(ConfigError, match=r"data.hub.splits.validation: missing"):
+        parse_spec(spec, "hub.yaml", tmp_path)
