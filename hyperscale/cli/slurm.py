@@ -39,7 +39,7 @@ from typing import Any, Optional, Sequence, TextIO
 import yaml
 
 from ..errors import ConfigError
-from ..training.config import load_config
+from ..training.config import AUTO, load_config
 from ..training.geometry import batch_geometry
 
 __all__ = ["add_parser", "run", "rank_table", "render_script", "format_rank_table"]
@@ -163,7 +163,8 @@ def _output_dir(config: str, overrides: Sequence[str]) -> Optional[str]:
     return str(value) if value else None
 
 
-def _validate(args: argparse.Namespace) -> None:
+def _validate(args: argparse.Namespace) -> str:
+    """Refuse bad options and a config the trainer would refuse; returns the batch geometry line to print."""
     if args.nodes < 1:
         raise ConfigError("--nodes must be >= 1")
     if args.gpus_per_node < 0:
@@ -184,7 +185,13 @@ def _validate(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     cfg = load_config(args.config, list(args.overrides))  # the trainer would refuse the job later: refuse it now
     # the global batch must split over nodes x ranks per node (the trainer checks it again at start-up)
-    batch_geometry(cfg, args.nodes * max(args.gpus_per_node, 1))
+    world = args.nodes * max(args.gpus_per_node, 1)
+    geometry = batch_geometry(cfg, world)
+    if cfg.train.micro_batch_size != AUTO:
+        return f"batch: {geometry}"
+    per = cfg.train.global_batch_size // world
+    return (f"batch: global batch {cfg.train.global_batch_size} = {per} example(s) per rank x {world} rank(s); "
+            f"train.micro_batch_size=auto: the largest divisor of {per} that fits, chosen at start-up")
 
 
 def render_script(args: argparse.Namespace, script: Path, log: str, workdir: Path,
@@ -272,7 +279,7 @@ def _same_ignoring_timestamp(a: str, b: str) -> bool:
 # ------------------------------------------------------------------------------ command
 def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Execute ``hyperscale slurm`` for parsed ``args``; returns the process exit code."""
-    _validate(args)
+    batch_line = _validate(args)
     if not TEMPLATE.is_file() or not TRAIN_SBATCH.is_file():
         raise ConfigError(f"{TEMPLATE} or {TRAIN_SBATCH} missing "
                          "(run from a hyperscale checkout)")
@@ -293,6 +300,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     per_node = max(args.gpus_per_node, 1)
     print(f"{args.nodes} node(s) x {per_node} rank(s) = world size {args.nodes * per_node} "
           f"(launcher: {args.launcher})", file=out)
+    print(batch_line, file=out)
     print(format_rank_table(rank_table(args.nodes, args.gpus_per_node)), file=out)
 
     if args.dry_run:

@@ -91,6 +91,27 @@ def test_a_micro_batch_that_does_not_divide_the_per_rank_batch_names_the_fix(cap
     assert code == 2 and "train.micro_batch_size=auto" in err and len(err.strip().splitlines()) == 1, err
 
 
+def _slurm_output(*argv: str) -> str:
+    import argparse
+    import io
+
+    from hyperscale.cli import slurm as slurm_cli
+
+    parser = argparse.ArgumentParser()
+    slurm_cli.add_parser(parser.add_subparsers())
+    out = io.StringIO()
+    assert slurm_cli.run(parser.parse_args(["slurm", *argv, "--dry-run"]), out=out) == 0
+    return out.getvalue()
+
+
+def test_slurm_dry_run_prints_the_batch_geometry():
+    text = _slurm_output(str(CONFIG_DIR / "glue-t5-base.yaml"), "--nodes", "2", "--gpus-per-node", "8")
+    assert ("batch: global batch 128 = 8 example(s) per rank x 16 rank(s); train.micro_batch_size=auto: the largest "
+            "divisor of 8 that fits, chosen at start-up") in text.splitlines()
+    text = _slurm_output(str(CONFIG_DIR / "default.yaml"), "train.micro_batch_size=4", "--nodes", "2")
+    assert "batch: global batch 16 = micro-batch 4 x 2 accumulation step(s) x 2 rank(s)" in text.splitlines()
+
+
 def test_split_refusal_names_the_key_and_both_fixes():
     with pytest.raises(ConfigError) as e:
         per_rank_batch(16, 3)
