@@ -40,6 +40,7 @@ setup(
         "tqdm",
         "numpy",
     ],
-    extras_require={"test": ["pytest", "matplotlib"], "peft": ["peft"], "plots": ["matplotlib"]},
+    extras_require={"test": ["pytest", "matplotlib"], "peft": ["peft"], "plots": ["matplotlib"],
+                    "rouge": ["rouge-score"]},  # the rouge_l metric of task specs (README "Your own tasks")
     entry_points={"console_scripts": ["hyperscale=hyperscale.cli:main"]},
 )

@@ -40,6 +40,7 @@ from .tasks import (
                       parse_label,
                       round_stsb,
 )
+from .specs import SpecTask, TaskRegistry, build_registry, registry_for_export, registry_from_config
 from .tokenization import (
                       DEFAULT_SPIECE_MODEL,
                       Seq2SeqCollator,
@@ -58,4 +59,5 @@ __all__ = [
     "TASKS", "Task", "format_example", "get_task", "label_to_target", "parse_label",
     "round_stsb", "DEFAULT_SPIECE_MODEL", "Seq2SeqCollator", "default_tokenizer",
     "load_tokenizer", "tokenize_splits", "tokenizer_fingerprint",
+    "SpecTask", "TaskRegistry", "build_registry", "registry_for_export", "registry_from_config",
 ]

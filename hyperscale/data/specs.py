@@ -65,7 +65,8 @@ METRIC_MENU = {
 }
 DEFAULT_METRICS = {CLASSIFICATION: ("accuracy",), REGRESSION: ("pearson", "spearman"), GENERATION: ("exact_match",)}
 #: the files each split protocol reads (origin split names, as the hub's)
-SPLIT_FILES = {SMALL: ("train", "validation"), LARGE: ("train", "validation"), OFFICIAL: ("train", "validation", "test")}
+SPLIT_FILES = {SMALL: ("train", "validation"), LARGE: ("train", "validation"),
+               OFFICIAL: ("train", "validation", "test")}
 _SPLIT_ORIGINS = {SMALL: {"train": "train", "dev": "validation"}, LARGE: {"train": "train", "test": "validation"},
                   OFFICIAL: {"train": "train", "validation": "validation", "test": "test"}}
 DEFAULT_GRID = 0.1
@@ -465,7 +466,8 @@ def parse_spec(tree: Any, origin: str, base_dir: Optional[Path] = None, check_da
         try:
             import rouge_score  # noqa: F401
         except ImportError:
-            s.fail("metrics", "rouge_l needs the rouge-score package: pip install rouge-score")
+            s.fail("metrics", "rouge_l needs the rouge-score package: pip install rouge-score (or "
+                              "pip install -e '.[rouge]')")
     record["metrics"] = list(metrics)
 
     # ---- split

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-import hyperscale.data.tasks as tasks_mod
+import hyperscale.data.specs as specs_mod
 import hyperscale.training.config as config_mod
 from hyperscale.errors import ConfigError
 from hyperscale.modeling.config import ARCH_FIELDS, CONFIG_NAME, ArchConfig, HyperscaleConfig
@@ -106,8 +106,9 @@ def test_architecture_is_validated_once_and_named_as_the_caller_knows_it():
 
 
 def test_task_names_are_always_validated():
-    # imported at module level (no silent skip when an import fails) and checked on every load
-    assert config_mod.get_task is tasks_mod.get_task
+    # imported at module level (no silent skip when an import fails) and checked on every load, through the
+    # registry of the built-in tasks and the config's own (data.task_specs / task_files)
+    assert config_mod.registry_from_config is specs_mod.registry_from_config
     with pytest.raises(ConfigError, match="data.tasks: Unknown task 'nosuchtask'"):
         load_config(TINY, ["data.tasks=[rte,nosuchtask]"])
 
