@@ -146,7 +146,14 @@ def resolve_auto(cfg: RunConfig, world: int, device_type: str, local_ranks: int 
         from .plan import make_plan as default_make_plan
 
         budget = int(memory if memory is not None else device_memory_budget(device_type, local_ranks))
-        plan = (make_plan or default_make_plan)(cfg, world, 1, budget)
+        try:
+            plan = (make_plan or default_make_plan)(cfg, world, 1, budget)
+        except ConfigError as e:
+            if stage_auto and saved_stage is None:  # the stage needs the plan
+                raise
+            # only the micro-batch wanted it (a backbone whose architecture is unknown offline, say): the CPU cap
+            notes.append(f"warning: no memory plan for train.micro_batch_size=auto ({e}); taking at most "
+                         f"{CPU_MICRO_BATCH_CAP} examples per micro-batch")
     if stage_auto:
         if saved_stage is not None:
             stage, offload = saved_stage
@@ -174,7 +181,8 @@ def resolve_auto(cfg: RunConfig, world: int, device_type: str, local_ranks: int 
     geometry = batch_geometry(_with(cfg, t.micro_batch_size, stage, offload, sharded), world, cap)
     if micro_auto:
         bound = (f"the memory plan fits at most {row.max_micro_batch} under {row.name} on "
-                 f"{plan.gpu_memory / 1024**3:.1f} GiB" if row is not None else f"at most {CPU_MICRO_BATCH_CAP} on CPU")
+                 f"{plan.gpu_memory / 1024**3:.1f} GiB" if row is not None
+                 else f"at most {CPU_MICRO_BATCH_CAP} {'on CPU' if device_type != 'cuda' else 'without a memory plan'}")
         notes.append(f"train.micro_batch_size=auto -> {geometry.micro_batch_size}: the largest divisor of the {per} "
                      f"examples per rank ({bound}); {geometry}")
     return Resolved(_with(cfg, geometry.micro_batch_size, stage, offload, sharded), geometry, tuple(notes))

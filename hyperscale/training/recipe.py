@@ -296,8 +296,8 @@ class Recipe:
         if saved.zero_stage != stage:
             raise ConfigError(
                 f"cannot resume from {self.resume_from}: it was written under ZeRO-{saved.zero_stage}, this run uses "
-                f"ZeRO-{stage}. Resume with deepspeed.zero_stage={saved.zero_stage} or auto (any number of ranks); to change "
-                "the stage, `hyperscale export` the run and start a new one (the optimizer state is not kept)")
+                f"ZeRO-{stage}. Resume with deepspeed.zero_stage={saved.zero_stage} or auto (any number of ranks); to "
+                "change the stage, `hyperscale export` the run and start a new one (the optimizer state is not kept)")
         if stage > 0:
             self.universal_resume = True
             log0(f"{self.resume_from} was written by {saved.world_size} rank(s), this run has {world}: resuming "

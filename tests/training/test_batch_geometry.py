@@ -256,6 +256,19 @@ def test_zero_stage_auto_on_resume_keeps_the_checkpoint_stage_without_a_plan():
     assert kept.cfg.train.micro_batch_size == CPU_MICRO_BATCH_CAP  # 128 / 4 ranks = 32 per rank
 
 
+def test_micro_batch_auto_on_a_gpu_without_a_plan_falls_back_to_the_cap():
+    def unknown(*args, **kwargs):
+        raise ConfigError("model.backbone 'org/t5': its architecture is unknown offline")
+
+    cfg = load_config(CONFIG_DIR / "glue-t5-base.yaml")
+    resolved = resolve_auto(cfg, 2, "cuda", memory=80 * GiB, make_plan=unknown)  # zero_stage 2 given
+    assert resolved.cfg.train.micro_batch_size == CPU_MICRO_BATCH_CAP and resolved.geometry.accumulation == 2
+    assert resolved.notes[0].startswith("warning: no memory plan for train.micro_batch_size=auto")
+    with pytest.raises(ConfigError, match="unknown offline"):  # the stage cannot be chosen without one
+        resolve_auto(cfg.with_overrides(["deepspeed.zero_stage=auto"]), 2, "cuda", memory=80 * GiB,
+                     make_plan=unknown)
+
+
 def test_auto_settings_are_validated():
     with pytest.raises(ConfigError, match="deepspeed.offload needs deepspeed.zero_stage=3.*leave deepspeed.offload"):
         load_config(None, ["deepspeed.zero_stage=auto", "deepspeed.offload=true"])
