@@ -11,6 +11,7 @@ from ..data.loading import read_local_split, resolve_local_files
 from ..data.sample import sample_data_dir
 from ..data.tasks import format_source, get_task, label_to_target
 from ..data.tokenization import default_tokenizer
+from ..errors import ConfigError
 from ..training.evaluate import generate, rank_classify
 from .rows import _hyperscale_model, _prepare_plain
 from .runtime import _sync
@@ -78,7 +79,7 @@ def run_eval(s: BenchSettings) -> dict:
     """Rank classification vs greedy generation on the same examples, same model (HyperFormer++)."""
     spec = get_task(s.eval_task)
     if spec.is_regression:
-        raise ValueError(f"--eval-task {s.eval_task}: rank classification needs a classification task")
+        raise ConfigError(f"--eval-task {s.eval_task}: rank classification needs a classification task")
     labels = list(spec.label_strings())
     tok = default_tokenizer()
     sources, train_src, train_tgt = _eval_examples(s.eval_task, s.eval_n)

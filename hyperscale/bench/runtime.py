@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
+
 CUDA_MEM_METRIC = "cuda max_memory_allocated"
 CPU_MEM_METRIC = "cpu sampled peak RSS minus RSS before build"
 
@@ -63,7 +65,7 @@ def _free_port() -> int:
 def ensure_single_process_dist(device: str) -> None:
     """Start a world-size-1 process group the way the trainer's launcher would (rank variables set)."""
     if int(os.environ.get("WORLD_SIZE", "1")) != 1:
-        raise ValueError("the benchmark runs in one process: launch it with plain python, not torchrun/deepspeed")
+        raise ConfigError("the benchmark runs in one process: launch it with plain python, not torchrun/deepspeed")
     if device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):

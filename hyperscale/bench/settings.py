@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from ..errors import ConfigError
 from ..modeling.presets import PRESETS
 
 ALL_CONFIGS = ("floor", "floor-compiled", "hyperformer++", "ds-zero0", "ds-zero1", "ds-zero2", "ds-zero3",
@@ -73,7 +74,7 @@ def _resolve_device(spec: str) -> str:
     if spec == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here (use --device cpu)")
+        raise ConfigError("--device cuda: no CUDA device is available here (use --device cpu)")
     return spec
 
 
@@ -82,33 +83,33 @@ def _configs_from_args(args: argparse.Namespace) -> list[str]:
     stages = [int(s) for s in _parse_list(args.zero_stages)]
     for s in stages:
         if s not in (0, 1, 2, 3):
-            raise ValueError(f"--zero-stages: {s} is not a ZeRO stage (0-3)")
+            raise ConfigError(f"--zero-stages: {s} is not a ZeRO stage (0-3)")
     if args.eval_only:
         return []
     if args.only:
         configs = _parse_list(args.only)
         unknown = [c for c in configs if c not in ALL_CONFIGS]
         if unknown:
-            raise ValueError(f"--only: unknown configuration(s) {unknown}; known: {', '.join(ALL_CONFIGS)}")
+            raise ConfigError(f"--only: unknown configuration(s) {unknown}; known: {', '.join(ALL_CONFIGS)}")
         return configs
     # DeepSpeed rows last: an engine may leave process-wide state behind (hooks, process group)
     return ["floor", "hyperformer++", "adapters", "lora", "finetune"] + [f"ds-zero{s}" for s in stages]
 
 
 def validate(s: BenchSettings) -> None:
-    """Raise ``ValueError`` for settings no run can have."""
+    """Raise ``ConfigError`` for settings no run can have."""
     if min(s.batch, s.src_len, s.tgt_len, s.steps, s.rounds) < 1 or s.warmup < 0:
-        raise ValueError("--batch, --src-len, --tgt-len, --steps and --rounds must be >= 1, --warmup >= 0")
+        raise ConfigError("--batch, --src-len, --tgt-len, --steps and --rounds must be >= 1, --warmup >= 0")
     if s.max_batch_search:
         if not any(c.startswith("ds-zero") for c in s.configs):
-            raise ValueError("--max-batch-search searches the DeepSpeed rows: select at least one ds-zeroN row "
+            raise ConfigError("--max-batch-search searches the DeepSpeed rows: select at least one ds-zeroN row "
                              "(--only ds-zero2, or --zero-stages)")
         if s.max_batch_cap < s.batch:
-            raise ValueError(f"--max-batch-cap {s.max_batch_cap} is below --batch {s.batch}")
+            raise ConfigError(f"--max-batch-cap {s.max_batch_cap} is below --batch {s.batch}")
         if min(s.search_steps, s.search_resolution) < 1 or s.search_seconds <= 0:
-            raise ValueError("--search-steps and --search-resolution must be >= 1, --search-seconds > 0")
+            raise ConfigError("--search-steps and --search-resolution must be >= 1, --search-seconds > 0")
     if s.fake_mem_limit_mb is not None and s.fake_mem_limit_mb <= 0:
-        raise ValueError("--fake-mem-limit-mb must be > 0")
+        raise ConfigError("--fake-mem-limit-mb must be > 0")
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
@@ -116,7 +117,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     on_gpu = device == "cuda"
     backbone = args.backbone or ("t5-base" if on_gpu else "t5-tiny")
     if backbone.removeprefix("preset:") not in PRESETS:
-        raise ValueError(f"--backbone {backbone!r} is not a preset; presets: {', '.join(sorted(PRESETS))}")
+        raise ConfigError(f"--backbone {backbone!r} is not a preset; presets: {', '.join(sorted(PRESETS))}")
     precision = args.precision or ("bf16" if on_gpu else "fp32")
     configs = _configs_from_args(args)
     run_eval = bool(args.eval or args.eval_only)
@@ -124,7 +125,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     if run_eval and args.eval_task not in tasks:  # the eval task joins the model's tasks
         tasks = tasks + [args.eval_task]
     s = BenchSettings(
-        backbone=backbone, device=device, batch=args.batch or (64 if on_gpu else 8), src_len=args.src_len,
+        backbone=backbone, device=device, batch=args.batch if args.batch is not None else (64 if on_gpu else 8), src_len=args.src_len,
         tgt_len=args.tgt_len, precision=precision, warmup=args.warmup, steps=args.steps, configs=configs,
         tasks=tasks, task_mix=args.task_mix, plain_mode=args.plain_mode, reduction_factor=args.reduction_factor,
         lora_r=args.lora_r, seed=args.seed, threads=args.threads, rounds=args.rounds,

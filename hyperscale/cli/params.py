@@ -37,14 +37,14 @@ def parse_tasks(spec: str) -> list[str]:
     if re.fullmatch(r"[+-]?\d+", spec):
         n = int(spec)
         if n < 1:
-            raise ValueError(f"--tasks must be at least 1, got {n}")
+            raise ConfigError(f"--tasks must be at least 1, got {n}")
         return [f"task{i}" for i in range(n)]
     names = [t.strip() for t in spec.split(",") if t.strip()]
     if not names:
-        raise ValueError(f"--tasks {spec!r}: give a count or a comma-separated list of task names")
+        raise ConfigError(f"--tasks {spec!r}: give a count or a comma-separated list of task names")
     bad = [t for t in names if not re.fullmatch(r"[A-Za-z][\w.-]*", t)]
     if bad:
-        raise ValueError(f"--tasks: {bad} are not task names (a name starts with a letter); give a count or names")
+        raise ConfigError(f"--tasks: {bad} are not task names (a name starts with a letter); give a count or names")
     return names
 
 
@@ -58,7 +58,7 @@ def backbone_config(spec: str):
         # checkpoint holds (false for v1.1, flan-t5 and mT5)
         raw = json.loads((Path(spec) / "config.json").read_text())
         return cfg, raw.get("tie_word_embeddings", True) is not False
-    raise ValueError(f"--backbone {spec!r} is neither a preset nor a local model directory; "
+    raise ConfigError(f"--backbone {spec!r} is neither a preset nor a local model directory; "
                      f"presets: {', '.join(sorted(PRESETS))}")
 
 
