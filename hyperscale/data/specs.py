@@ -155,6 +155,9 @@ class SpecTask(Task):
             return value
         n = len(self.label_names)
         label_id = None
+        if not isinstance(raw, (bool, str)) and (isinstance(raw, int) or hasattr(raw, "__index__") or
+                                                 (isinstance(raw, float) and raw.is_integer())):
+            raw = str(int(raw))  # a number is read as the text it is written as: a label name first, else an id
         if isinstance(raw, bool):
             label_id = int(raw) if n == 2 else None
         elif isinstance(raw, str):
@@ -163,10 +166,6 @@ class SpecTask(Task):
                 label_id = self.label_names.index(text)
             elif re.fullmatch(r"\d+", text):
                 label_id = int(text)
-        elif isinstance(raw, float) and raw.is_integer():
-            label_id = int(raw)
-        elif isinstance(raw, int) or hasattr(raw, "__index__"):
-            label_id = int(raw)
         if label_id is None or not 0 <= label_id < n:
             allowed = ", ".join(f"{i}={name}" for i, name in enumerate(self.label_names))
             raise DataError(f"{prefix}label {raw!r} outside the label set of {self.name} ({allowed})")
@@ -417,8 +416,6 @@ def parse_spec(tree: Any, origin: str, base_dir: Optional[Path] = None, check_da
             s.fail("labels", f"every label must be a non-empty name, got {labels}")
         if len(set(label_names)) != len(label_names):
             s.fail("labels", f"duplicate label names: {list(label_names)}")
-        if target_names and any(re.fullmatch(r"\d+", x) for x in label_names):
-            s.fail("targets", "names: label names that are numbers would be read as label ids; use targets: ids")
         record.update(labels=list(label_names), targets="names" if target_names else "ids")
         max_target = max(len(x) for x in (label_names if target_names else [str(len(label_names))])) + 1
     elif kind == REGRESSION:

@@ -528,3 +528,20 @@ def test_hub_dataset_spec_from_a_local_dataset_folder(data_root: Path, tmp_path:
     del spec["data"]["hub"]["splits"]["validation"]
     with pytest.raises(ConfigError, match=r"data.hub.splits.validation: missing"):
         parse_spec(spec, "hub.yaml", tmp_path)
+
+
+def test_labels_in_the_data_and_bad_rows(data_root: Path, tmp_path: Path):
+    stars = parse_spec(dict(PARITY, name="stars", labels=["1", "2", "3"]), "s.yaml", data_root)
+    # a label is a label name first (numbers as they are written), else a 0-based id
+    assert [stars.spec_parse_label(x) for x in (1, "1", 3, "2", 0, 2.0)] == [0, 0, 2, 1, 0, 1]
+    assert stars.spec_target(0) == "1"
+    ids = parse_spec(dict(PARITY, targets="ids"), "p.yaml", data_root)
+    assert [ids.spec_parse_label(x) for x in ("no", "yes", 0, "1", True)] == [0, 1, 0, 1, 1]
+    rows = [dict(r) for r in PARITY_ROWS]
+    rows[2]["ans"] = "maybe"
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = json.loads(json.dumps(PARITY))
+    spec["data"]["train"] = str(tmp_path / "bad.jsonl")
+    registry = build_registry(task_files=[str(write_spec(data_root, "badrow.yaml", spec))])
+    with pytest.raises(HyperscaleError, match=r"bad.jsonl: row 3: label 'maybe' outside the label set of parity"):
+        load_multitask_splits(["parity"], None, registry=registry)
