@@ -26,12 +26,14 @@ def test_the_cli_called_from_python_leaves_no_setting_behind(monkeypatch, capsys
     monkeypatch.delenv("DS_ACCELERATOR", raising=False)
     filters = list(warnings.filters)
     ds_filters = list(logging.getLogger("DeepSpeed").filters)
+    bars = _bars()
     assert main(["params", "--backbone", "t5-tiny", "--tasks", "2"]) == 0
     assert main(["params", "--tasks", "0"]) == 2  # an error on the way out restores them too
     capsys.readouterr()
     assert warnings.filters == filters
     assert logging.getLogger("DeepSpeed").filters == ds_filters
     assert "DS_ACCELERATOR" not in os.environ
+    assert _bars() == bars
 
 
 def test_quiet_known_noise_keeps_a_given_accelerator(monkeypatch):
@@ -46,8 +48,10 @@ def test_third_party_quiet_restores_the_progress_bars(verbose: bool):
     before = _bars()
     with third_party_quiet(verbose=verbose):
         inside = _bars()
-        if not verbose:
-            assert inside[:2] == (False, False)  # datasets' and transformers' bars off
+        assert inside[:2] == (verbose, verbose)  # datasets' and transformers' bars off, or on with verbose
+        with third_party_quiet(verbose=not verbose):  # nested: the inner block decides, the outer comes back
+            assert _bars()[:2] == (not verbose, not verbose)
+        assert _bars() == inside
         assert inside[2] == before[2]  # Hub downloads keep theirs
     assert _bars() == before
 

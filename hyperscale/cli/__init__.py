@@ -13,7 +13,7 @@ import sys
 from typing import Optional
 
 from ..errors import ArgumentParser, run_main
-from ..training.logging import quiet_known_noise
+from ..training.logging import quiet_known_noise, third_party_quiet
 from . import adapt, bench, export, inspect, params, plan, predict, slurm, sweep, train
 from . import eval as eval_cmd
 
@@ -45,5 +45,6 @@ def _run(argv: list[str]) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    with quiet_known_noise():  # scoped: main() called from Python leaves no filter behind
+    # scoped: main() called from Python leaves no filter or setting behind; a run with logging.verbose shows all
+    with quiet_known_noise(), third_party_quiet(verbose=False):
         return run_main(lambda: _run(argv))

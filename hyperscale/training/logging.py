@@ -131,39 +131,31 @@ def hidden_output() -> Iterator[None]:
 @contextlib.contextmanager
 def third_party_quiet(verbose: bool = False) -> Iterator[None]:
     """Within the block: the progress bars of datasets (tokenization) and transformers (loading and writing
-    weights) off, and :func:`hidden_output` hiding DeepSpeed's banners, unless ``verbose``. Hugging Face Hub
-    downloads keep their progress bars (minutes for a large backbone). The previous settings come back on exit."""
+    weights) off, and :func:`hidden_output` hiding DeepSpeed's banners; with ``verbose`` all of them on. Hugging
+    Face Hub downloads keep their progress bars either way (minutes for a large backbone). Blocks nest (a verbose
+    run inside the quiet CLI shows everything); the previous settings come back on exit."""
+    from datasets.utils import logging as datasets_logging
+    from transformers.utils import logging as transformers_logging
+
+    hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module (the package exports a class)
     token = _VERBOSE.set(bool(verbose))
-    try:
-        if verbose:
-            yield
-            return
-        from datasets.utils import logging as datasets_logging
-        from transformers.utils import logging as transformers_logging
+    saved = (datasets_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled())
+    hub_bars = dict(hub_tqdm.progress_bar_states)
 
-        hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module (the package exports a class)
-
-        datasets_bars = datasets_logging.is_progress_bar_enabled()
-        transformers_bars = transformers_logging.is_progress_bar_enabled()
-        hub_bars = dict(hub_tqdm.progress_bar_states)
+    def put(datasets_on: bool, transformers_on: bool) -> None:
         with warnings.catch_warnings():  # a HF_*_DISABLE_PROGRESS_BARS variable has priority: it says so
             warnings.simplefilter("ignore")
-            datasets_logging.disable_progress_bar()
-            transformers_logging.disable_progress_bar()  # also switches the hub's off: put those back
-        hub_tqdm.progress_bar_states.clear()
+            (datasets_logging.enable_progress_bar if datasets_on else datasets_logging.disable_progress_bar)()
+            (transformers_logging.enable_progress_bar if transformers_on
+             else transformers_logging.disable_progress_bar)()
+        hub_tqdm.progress_bar_states.clear()  # transformers switches the hub's too: put those back
         hub_tqdm.progress_bar_states.update(hub_bars)
-        try:
-            yield
-        finally:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if datasets_bars:
-                    datasets_logging.enable_progress_bar()
-                if transformers_bars:
-                    transformers_logging.enable_progress_bar()
-            hub_tqdm.progress_bar_states.clear()
-            hub_tqdm.progress_bar_states.update(hub_bars)
+
+    try:
+        put(bool(verbose), bool(verbose))
+        yield
     finally:
+        put(*saved)
         _VERBOSE.reset(token)
 
 
