@@ -84,14 +84,22 @@ def run_main(fn: Callable[[], int | None]) -> int:
         return 2
 
 
-def _leave_process_group() -> None:
-    """Tear this rank's process group down before the interpreter exits: left to the exit handlers, a rank
-    whose peer has already gone can abort in gloo's teardown ("terminate called without an active
-    exception", exit -6) instead of exiting 2."""
-    try:
-        import torch.distributed as dist
+def leave_process_group() -> None:
+    """Tear this process's group down, and DeepSpeed's process-wide clone of the world group with it (the clone
+    outlives its group: a later group in the same process, a second run from Python, would hand DeepSpeed the
+    dead one, "Group ... is not registered"). After an error, before the interpreter exits: left to the exit
+    handlers, a rank whose peer has already gone can abort in gloo's teardown ("terminate called without an
+    active exception", exit -6) instead of exiting 2. Idempotent; imports nothing that is not loaded already."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is not None:
+        groups._WORLD_GROUP = None
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+
+def _leave_process_group() -> None:
+    try:
+        leave_process_group()
     except Exception:  # the report is out; nothing more to do for a failing rank
         pass

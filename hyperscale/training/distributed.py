@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..errors import ConfigError, leave_process_group
 from .logging import hidden_output
 from ..launch import setup_distributed_env
 
@@ -74,14 +74,8 @@ def init(timeout_s: int, device: str = "auto") -> RankInfo:
 
 # ------------------------------------------------------------------------------------------ ranks
 def leave() -> None:
-    """Destroy this process's group, and DeepSpeed's process-wide clone of the world group with it: the clone
-    outlives the group it was made from, and a later group in the same process (a second run from Python, the
-    next test) would hand DeepSpeed the dead one ("Group ... is not registered"). Idempotent."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    groups = sys.modules.get("deepspeed.utils.groups")  # only if DeepSpeed was imported: nothing to clear else
-    if groups is not None:
-        groups._WORLD_GROUP = None
+    """Destroy this process's group and DeepSpeed's clone of it (:func:`hyperscale.errors.leave_process_group`)."""
+    leave_process_group()
 
 
 def is_initialized() -> bool:

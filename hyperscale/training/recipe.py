@@ -107,7 +107,7 @@ class Recipe:
         self.engine: Any = None
         self.logger: Optional[RunLogger] = None
         self.preempt: Optional[PreemptionHandler] = None
-        self.run_lock: Any = None  # rank 0's open lock file on output_dir (released by finish() or the process's end)
+        self.run_lock: Optional[ckpt.RunLock] = None  # rank 0's lock on output_dir (released by finish() or the process's end)
         # mutable training state: checkpointed (TrainState) or derived per process
         self.state = TrainState()
         self.results: dict = {}  # split -> evaluation result of this process's latest evaluation
@@ -121,6 +121,14 @@ class Recipe:
     # ================================================================== setup
     @quiet_unless_verbose  # third-party progress bars and banners off unless logging.verbose (undone on return)
     def setup(self) -> None:
+        """Build everything a run needs, or refuse it and leave its output_dir as it was (nothing written)."""
+        try:
+            self._setup()
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _setup(self) -> None:
         cfg = self.cfg
         info = hdist.init(cfg.distributed.timeout_s, cfg.train.device)
         self.rank, self.local_rank, self.world, self.device = info.rank, info.local_rank, info.world_size, info.device
@@ -170,6 +178,14 @@ class Recipe:
         if self.resume_from is None:
             self.logger.text("config", "```\n" + cfg.to_yaml() + "\n```")
         self.preempt = PreemptionHandler().install()
+
+    def _abandon(self) -> None:
+        """A refused set-up: signal handlers back, the lock released with the directory restored (RunLock.abandon)."""
+        if self.preempt is not None:
+            self.preempt.uninstall()
+        if self.run_lock is not None:
+            self.run_lock.abandon()
+            self.run_lock = None
 
     def _write_once(self, name: str, text: str) -> None:
         """Write a run file; a resumed run whose file differs keeps the original and writes its own
@@ -362,12 +378,22 @@ class Recipe:
         if not spec.startswith("preset:"):
             return spec
         target = self.output_dir / "backbone"
+        error: Optional[ConfigError] = None
         if self.rank == 0 and not (target / "config.json").exists():
             torch.manual_seed(self.cfg.model.init_seed)
             model, _ = load_backbone(spec)
-            model.save_pretrained(str(target))
+            need = sum(t.numel() * t.element_size() for t in model.state_dict().values()) + (8 << 20)
+            free = shutil.disk_usage(self.output_dir).free
+            if free < need:  # before a half-written safetensors file, not after
+                error = ConfigError(f"output_dir {self.output_dir} has {free / 2**20:.0f} MiB free; the {spec} backbone "
+                                    f"saved into it needs about {need / 2**20:.0f} MiB: free space or choose another "
+                                    "output_dir")
+            else:
+                model.save_pretrained(str(target))
+            del model
             torch.manual_seed(self.cfg.train.seed + self.rank)
-        hdist.barrier()
+        if hdist.any_rank(error is not None):
+            raise error or ConfigError(f"output_dir {self.output_dir} cannot hold the {spec} backbone (rank 0 says why)")
         return str(target)
 
     def _setup_model(self) -> None:
