@@ -117,7 +117,7 @@ def test_in_memory_backbone_needs_explicit_backbone(tmp_path):
     model.save_pretrained(tmp_path / "saved")
     with pytest.raises(ValueError, match="pass backbone="):
         HyperscaleModel.from_pretrained(tmp_path / "saved")
-    with pytest.raises(FileNotFoundError, match="hyperscale_config.json"):
+    with pytest.raises(FileNotFoundError, match="nothing-here does not exist"):
         HyperscaleModel.from_pretrained(tmp_path / "nothing-here")
     loaded = HyperscaleModel.from_pretrained(tmp_path / "saved", backbone=tiny_backbone())
     for (n, a), (_, b) in zip(sorted(model.trainable_state_dict().items()), sorted(loaded.trainable_state_dict().items())):
