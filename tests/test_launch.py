@@ -428,12 +428,12 @@ def test_slurm_dry_run_prints_rank_table_and_script(config, tmp_path):
 
 def test_slurm_torchrun_layout_and_cpu(config):
     buf = io.StringIO()
-    args = _parse(["slurm", str(config), "--nodes", "3", "--gpus-per-node", "8",
+    args = _parse(["slurm", str(config), "--nodes", "2", "--gpus-per-node", "8",
                    "--launcher", "torchrun", "--dry-run"])
     assert slurm_cli.run(args, out=buf) == 0
     text = buf.getvalue()
     assert "#SBATCH --ntasks-per-node=1" in text and "HYPERSCALE_PROCS_PER_NODE=8" in text
-    assert "world size 24" in text
+    assert "world size 16" in text
     buf = io.StringIO()
     assert slurm_cli.run(_parse(["slurm", str(config), "-N", "2", "--dry-run"]), out=buf) == 0
     text = buf.getvalue()

@@ -61,7 +61,8 @@ from . import distributed as hdist
 from . import engine as eng
 from .config import AUTO, RunConfig, resume_differences
 from .ds_config import build_ds_config
-from .geometry import per_rank_batch, resolve_auto
+from .auto import resolve_auto
+from .geometry import per_rank_batch
 from .evaluate import predict_task
 from .export import export_checkpoint
 from .logging import RunLogger, quiet_unless_verbose

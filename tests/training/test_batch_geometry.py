@@ -1,4 +1,4 @@
-"""Batch geometry at any rank count and the automatic settings (hyperscale/training/geometry.py).
+"""Batch geometry at any rank count and the automatic settings (hyperscale/training/geometry.py, hyperscale/training/auto.py).
 
 - Every shipped config at 1, 2, 8, 16 and 32 ranks: the resolved geometry is valid (global = micro x ranks x
   accumulation, the micro-batch the largest divisor of the per-rank batch up to the cap), or ``hyperscale slurm
@@ -25,11 +25,12 @@ import yaml
 
 from hyperscale.cli import main as cli_main
 from hyperscale.errors import ConfigError
-from hyperscale.training import geometry, plan
+from hyperscale.training import auto, plan
 from hyperscale.training.activations import FakeStepper
 from hyperscale.training.config import CONFIG_DIR, load_config
 from hyperscale.training.ds_config import DS_CONFIG_DIR, build_ds_config
-from hyperscale.training.geometry import CPU_MICRO_BATCH_CAP, batch_geometry, per_rank_batch, resolve_auto
+from hyperscale.training.auto import resolve_auto
+from hyperscale.training.geometry import CPU_MICRO_BATCH_CAP, batch_geometry, per_rank_batch
 from training_helpers import REPO, TINY, launch, log_tail, run_env
 
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -233,11 +234,11 @@ def test_zero_stage_auto_takes_what_the_plan_recommends_for_the_gpu_memory(shard
 
 def test_zero_stage_auto_on_cpu_plans_with_the_host_memory_per_rank(sharding_pays, monkeypatch):
     cfg, planner, small, large = sharding_pays
-    monkeypatch.setattr(geometry, "host_available_memory", lambda: 2 * small)  # shared by 2 ranks on this host
+    monkeypatch.setattr(auto, "host_available_memory", lambda: 2 * small)  # shared by 2 ranks on this host
     resolved = resolve_auto(cfg, 8, "cpu", local_ranks=2, make_plan=planner)
     assert resolved.cfg.deepspeed.zero_stage == 3 and "host memory available to each of 2 rank(s)" in resolved.notes[0]
     assert resolved.cfg.train.micro_batch_size == 8  # on CPU: the per-rank batch up to the cap, not the plan's
-    monkeypatch.setattr(geometry, "host_available_memory", lambda: 2 * large)
+    monkeypatch.setattr(auto, "host_available_memory", lambda: 2 * large)
     assert resolve_auto(cfg, 8, "cpu", local_ranks=2, make_plan=planner).cfg.deepspeed.zero_stage == 0
 
 
