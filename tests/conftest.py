@@ -19,6 +19,14 @@ def _undo_deepspeed_linear_patch():
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "distributed: launches DeepSpeed training runs (torchrun with 2 processes "
                             "over gloo on CPU, or one plain process); deselect with -m 'not distributed'")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (every distributed test is slow too); "
+                            "the fast tier is pytest -m 'not slow'")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    for item in items:  # a launch is never fast: `distributed` implies `slow`
+        if item.get_closest_marker("distributed") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="module")

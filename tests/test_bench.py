@@ -81,6 +81,7 @@ def bench_run(tmp_path_factory) -> tuple[dict, str, subprocess.CompletedProcess]
     return result, (out / "bench.md").read_text(), proc
 
 
+@pytest.mark.slow
 def test_every_configuration_has_a_complete_row(bench_run):
     result, _, _ = bench_run
     rows = {r["name"]: r for r in result["rows"]}
@@ -113,6 +114,7 @@ def test_every_configuration_has_a_complete_row(bench_run):
     assert rows["hyperformer++"]["profile"]["aten_ops_per_step"] > rows["floor"]["profile"]["aten_ops_per_step"]
 
 
+@pytest.mark.slow
 def test_ratios_are_against_the_floor_of_the_same_run(bench_run):
     result, _, _ = bench_run
     rows = {r["name"]: r for r in result["rows"] if r["status"] == "ok"}
@@ -126,6 +128,7 @@ def test_ratios_are_against_the_floor_of_the_same_run(bench_run):
             assert row["ratio_to_plain"] is None
 
 
+@pytest.mark.slow
 def test_eval_benchmark_and_report(bench_run):
     result, table, proc = bench_run
     ev = result["eval"]
@@ -198,6 +201,7 @@ def test_rounds_pool_timed_steps():
 
 
 # ------------------------------------------------------------------ activation checkpointing, bf16 build
+@pytest.mark.slow
 def test_gradient_checkpointing_is_applied_and_changes_no_number():
     """--gradient-checkpointing: active in the row's backbone, recorded, and (recomputation with the same
     dropout masks) the losses after two optimizer steps equal those without it."""
@@ -223,6 +227,7 @@ def test_gradient_checkpointing_is_applied_and_changes_no_number():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_compiled_rows_train_the_same_losses_as_eager():
     """hyperformer++-compiled (plain loop, the model compiled in place) and ds-zero2-compiled (the trainer's engine
     with engine.compile): the losses of 3 optimizer steps equal the eager rows'. aot_eager: inductor's CPU code
@@ -348,6 +353,7 @@ def phase3(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return out, proc
 
 
+@pytest.mark.slow
 def test_phase3_runs_deepspeed_with_checkpointing(phase3):
     out, proc = phase3
     result = json.loads((out / "bench_xxl_b1.json").read_text())
@@ -360,6 +366,7 @@ def test_phase3_runs_deepspeed_with_checkpointing(phase3):
     assert "## bench_xxl_b1" in summary and "activation checkpointing" in summary
 
 
+@pytest.mark.slow
 def test_phase3_max_batch_search_finds_the_boundary(phase3):
     out, _ = phase3
     result = json.loads((out / "bench_xxl_maxbatch.json").read_text())

@@ -35,6 +35,13 @@ CASES = [
     ("hub-data", [str(TINY), "data.data_dir=hub"], "use data.data_dir=sample"),
 ]
 MODES = ["hyperscale-train", "python-m-train", "two-ranks"]
+# `hyperscale train` is `python -m hyperscale.train` behind the subcommand table: a few cases show that it says the
+# same (every case there too launched 12 more processes, ~40 s, to test the same handler again)
+VIA_CLI = {"unknown-key", "missing-config", "missing-backbone", "run-exists", "hub-data"}
+
+
+def _modes(case_id: str) -> list[str]:
+    return [m for m in MODES if m != "hyperscale-train" or case_id in VIA_CLI]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +83,7 @@ def _launch(mode: str, args: list[str], out: Path) -> tuple[list[int], str]:
 def outcomes(scratch: Path) -> dict:
     jobs = {}
     for case_id, args, _ in CASES:
-        for mode in MODES:
+        for mode in _modes(case_id):
             out = scratch / f"{case_id}-{mode}"
             out.mkdir()
             concrete = [a.replace("{tmp}", str(scratch)) for a in args]
@@ -86,9 +93,12 @@ def outcomes(scratch: Path) -> dict:
         return {key: f.result() for key, f in futures.items()}
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case_id, args, expected", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_gives_one_line_and_exit_2(outcomes, case_id, args, expected, mode):
+RUNS = [(c, m) for c in CASES for m in _modes(c[0])]
+
+
+@pytest.mark.parametrize("case, mode", RUNS, ids=[f"{c[0]}-{m}" for c, m in RUNS])
+def test_bad_input_gives_one_line_and_exit_2(outcomes, case, mode):
+    case_id, args, expected = case
     codes, text = outcomes[(case_id, mode)]
     lines = [ln for ln in text.splitlines() if "hyperscale: error:" in ln]
     assert codes == [2] * len(codes), f"exit codes {codes}\n{text[-3000:]}"
@@ -100,6 +110,6 @@ def test_bad_input_gives_one_line_and_exit_2(outcomes, case_id, args, expected, 
 @pytest.mark.parametrize("case_id", [c[0] for c in CASES])
 def test_every_entry_point_says_the_same(outcomes, case_id):
     said = {mode: [ln for ln in outcomes[(case_id, mode)][1].splitlines() if "hyperscale: error:" in ln]
-            for mode in MODES}
+            for mode in _modes(case_id)}
     normalised = {m: [ln.replace(str(Path.cwd()), "") for ln in v] for m, v in said.items()}
     assert len({tuple(v) for v in normalised.values()}) == 1, said

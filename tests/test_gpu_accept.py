@@ -1,7 +1,7 @@
 """``benchmarks/gpu_accept.sh --dry-run`` end to end on a CPU: the GPU acceptance script of the real trainer
-with a tiny backbone (install, train + resume of a finished run + resume that extends it under ZeRO-2 and
-ZeRO-3, export, predict, eval of the export against the run's results.json, the benchmark's dry run). A slow
-integration test (~2.5 minutes on 2 cores): one run of the script, shared by the module; every phase prints
+with a tiny backbone (install, train + resume of a finished run + resume that extends it under ZeRO-2, export,
+predict, eval of the export against the run's results.json, the benchmark's dry run). A slow integration test
+(~2 minutes on 2 cores): one run of the script, shared by the module; every phase prints
 exactly one PASS/FAIL line.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,10 @@ SCRIPT = REPO / "benchmarks" / "gpu_accept.sh"
 
 pytestmark = pytest.mark.distributed  # launches DeepSpeed training runs (one plain process each)
 
+# ZeRO-2 only (ACCEPT_STAGES=2): the script's ZeRO-3 phases are the same loop with another stage, and the trainer's
+# ZeRO-3 runs are tested in tests/training (three more launches here took ~40 s)
 PHASES = ["install", "train-z2", "resume-finished-z2", "resume-extend-z2", "export-z2", "predict-z2", "eval-gpu-z2",
-          "train-compiled-z2", "train-z3", "resume-finished-z3", "resume-extend-z3", "bench"]
+          "train-compiled-z2", "bench"]
 MUST_PASS = PHASES
 LINE = re.compile(r"^(PASS|FAIL) (\S+) \((.*)\)$")
 
@@ -36,6 +39,7 @@ def _env(out: Path) -> dict:
         env.pop(key, None)
     for key in [k for k in env if k.startswith(("ACCEPT_", "BENCH_"))]:  # the script's own defaults
         env.pop(key)
+    env["ACCEPT_STAGES"] = "2"
     return env
 
 
@@ -79,7 +83,7 @@ def test_phase_passes(accept, phase):
 
 def test_outputs(accept):
     out, proc, lines = accept
-    for z in ("z2", "z3"):
+    for z in ("z2",):
         run = out / "runs" / z  # 6 steps, or 8 after the resume that extends the run
         latest = (run / "checkpoints" / "latest").read_text().strip()
         assert latest == "step-00000008", _tail(proc, out, f"train-{z}")
@@ -89,6 +93,6 @@ def test_outputs(accept):
     assert re.search(r"^RANK [01]\t(entailment|not_entailment)\tsentence1: ", predict, re.M), predict
     evaluated = json.loads((out / "eval-gpu-z2.json").read_text())["test"]
     assert evaluated["tasks"] == json.loads((out / "runs" / "z2" / "results.json").read_text())["test"]["tasks"]
-    assert "deepspeed 0.19.8" in (out / "environment.txt").read_text()
+    assert f"deepspeed {metadata.version('deepspeed')}" in (out / "environment.txt").read_text()
     summary = (out / "bench" / "summary.md").read_text()
     assert "## bench_b4" in summary and "| hyperformer++ |" in summary and "| ds-zero2 |" in summary

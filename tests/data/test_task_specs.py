@@ -433,6 +433,7 @@ def _held_out(model, registry, splits, task: str, query: str = None) -> float:
     return compute_task_metrics(spec, preds, test["target"])["accuracy"]
 
 
+@pytest.mark.slow
 def test_two_spec_tasks_with_opposite_answers_are_learnt_and_a_third_is_adapted_by_its_embedding(tmp_path: Path):
     import torch
     from transformers import T5Config, T5ForConditionalGeneration

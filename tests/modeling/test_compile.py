@@ -15,6 +15,8 @@ from hyperscale.training.config import CONFIG_DIR, load_config
 from hyperscale.training.engine import forward_loss, per_example_loss
 from modeling_helpers import TASKS, batch, perturb_bank, tiny_backbone
 
+pytestmark = pytest.mark.slow  # Dynamo traces of whole training steps, 5-70 s each
+
 # the reduction factors of the shipped run configs (8 and 32; 32 gives this tiny model a bottleneck of 1)
 REDUCTION_FACTORS = sorted({load_config(p).model.reduction_factor for p in CONFIG_DIR.glob("*.yaml")})
 B = 4

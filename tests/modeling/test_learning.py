@@ -54,6 +54,8 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from hyperscale.modeling import HyperscaleModel
 
+pytestmark = pytest.mark.slow  # hundreds of optimizer steps per test
+
 PAD, EOS, MARKER, A, B = 0, 1, 2, 3, 4
 FIRST_FILLER = 5
 VOCAB = 32

@@ -12,15 +12,17 @@ from training_helpers import RESUME_STEP
 
 pytestmark = pytest.mark.distributed
 
-STAGES = [0, 2, 3]
+# one run per ZeRO stage (bf16 where the run is bf16: the matrix in test_train_matrix.py trains bf16 under every
+# stage and source; two more 12-step bf16 launches here cost ~1 min and tested nothing the matrix does not)
+RUN_OF_STAGE = {0: "fp32-z0", 1: "bf16-z1", 2: "bf16-z2", 3: "fp32-z3"}
 FROZEN_KEYS = ("backbone.shared.weight", "backbone.encoder.embed_tokens.weight",
                "backbone.decoder.embed_tokens.weight", "backbone.lm_head.weight")
 
 
 # ---------------------------------------------------------------------------------------- the loss falls
-@pytest.mark.parametrize("stage", STAGES)
-def test_bf16_training_runs_and_loss_falls(runs, stage: int):
-    run = runs(f"bf16-z{stage}")
+@pytest.mark.parametrize("stage", sorted(RUN_OF_STAGE))
+def test_training_runs_and_loss_falls(runs, stage: int):
+    run = runs(RUN_OF_STAGE[stage])
     log = run.train_log()
     assert [e["step"] for e in log] == list(range(1, 13))
     losses = [e["loss"] for e in log]
@@ -88,11 +90,11 @@ def test_resume_gives_the_uninterrupted_losses(runs, name: str):
 
 
 # ------------------------------------------------------------------------------------- checkpoint size
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", sorted(RUN_OF_STAGE))
 def test_checkpoint_excludes_the_backbone(runs, stage: int):
     from safetensors import safe_open
 
-    run = runs(f"bf16-z{stage}")
+    run = runs(RUN_OF_STAGE[stage])
     ckpt = run.checkpoint(12)
     backbone_file = run.dir / "backbone" / "model.safetensors"
     backbone_bytes = backbone_file.stat().st_size
@@ -112,7 +114,7 @@ def test_checkpoint_excludes_the_backbone(runs, stage: int):
         for key in FROZEN_KEYS:
             assert key not in module
         module_bytes += sum(v.numel() * v.element_size() for v in module.values() if torch.is_tensor(v))
-        if stage in (0, 2):
+        if stage in (0, 1, 2):
             assert module, f"{path.name}: no module weights"
             trainable_numel = sum(v.numel() for v in module.values())
             # only the hypernetwork/task embeddings and the T5 layer norms are in it
@@ -125,7 +127,7 @@ def test_checkpoint_excludes_the_backbone(runs, stage: int):
     # model; ZeRO-0 keeps its optimizer inside the model file) stay well under the backbone's bytes: with
     # the frozen weights inside, the model file alone would come close to or exceed them
     assert total < 0.5 * backbone_bytes, (total, backbone_bytes)
-    if trainable_numel is not None:  # bf16 weights + 12 bytes of fp32 optimizer state per trainable value
+    if trainable_numel is not None:  # bf16 weights + 12 bytes of fp32 optimizer state per trainable value (fp32: 4 + 8)
         assert total < 1.2 * trainable_numel * (2 + 12) + 200_000, (total, trainable_numel)
 
 
@@ -160,7 +162,7 @@ def _expected_tags(tasks):
     return tags
 
 
-@pytest.mark.parametrize("name", ["bf16-z0", "bf16-z2", "bf16-z3", "fp32-z0-1p-resumed"])
+@pytest.mark.parametrize("name", ["fp32-z0", "bf16-z2", "fp32-z3", "fp32-z0-1p-resumed"])
 def test_tensorboard_events_read_back(runs, name: str):
     run = runs(name)
     ea = _events(run.dir)
