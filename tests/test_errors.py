@@ -38,10 +38,15 @@ MODES = ["hyperscale-train", "python-m-train", "two-ranks"]
 # `hyperscale train` is `python -m hyperscale.train` behind the subcommand table: a few cases show that it says the
 # same (every case there too launched 12 more processes, ~40 s, to test the same handler again)
 VIA_CLI = {"unknown-key", "missing-config", "missing-backbone", "run-exists", "hub-data"}
+# two ranks: one case per place a run can be refused (parsing the config before the group exists, the run directory,
+# the checkpoint, the data, the backbone, the hub); the other config-parsing cases take the same path as unknown-key
+ON_TWO_RANKS = {"unknown-key", "run-exists", "resume-missing", "missing-data-dir", "missing-backbone", "hub-backbone"}
 
 
 def _modes(case_id: str) -> list[str]:
-    return [m for m in MODES if m != "hyperscale-train" or case_id in VIA_CLI]
+    wanted = {"python-m-train"} | ({"hyperscale-train"} if case_id in VIA_CLI else set()) | (
+        {"two-ranks"} if case_id in ON_TWO_RANKS else set())
+    return [m for m in MODES if m in wanted]
 
 
 @pytest.fixture(scope="module")
