@@ -384,7 +384,8 @@ class Recipe:
             torch.manual_seed(self.cfg.model.init_seed)
             model, _ = load_backbone(spec)
             need = sum(t.numel() * t.element_size() for t in model.state_dict().values()) + (8 << 20)
-            free = shutil.disk_usage(self.output_dir).free
+            where = next(d for d in (self.output_dir, *self.output_dir.parents) if d.exists())
+            free = shutil.disk_usage(where).free
             if free < need:  # before a half-written safetensors file, not after
                 error = ConfigError(f"output_dir {self.output_dir} has {free / 2**20:.0f} MiB free; the {spec} backbone "
                                     f"saved into it needs about {need / 2**20:.0f} MiB: free space or choose another "
