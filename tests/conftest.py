@@ -36,16 +36,14 @@ def world1_group():
     first: DeepSpeed caches a clone of the world group process-wide, and ``hdist.leave`` clears it with the group,
     or this module's engines would use a dead one ("Group ... is not registered")."""
     import os
-    import socket
 
     import deepspeed
 
+    from hyperscale.launch import find_free_port
     from hyperscale.training import distributed as hdist
 
     hdist.leave()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = find_free_port()
     saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     deepspeed.init_distributed()

@@ -4,7 +4,6 @@ and two ranks started as srun starts them: plain processes with RANK/WORLD_SIZE 
 gets wrong: config keys and values, config files, task names, data and backbone paths, run directories."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "training"))
 from training_helpers import TINY, run_env  # noqa: E402
+
+from hyperscale.launch import find_free_port  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
@@ -58,12 +59,6 @@ def scratch(tmp_path_factory) -> Path:
     return tmp
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(mode: str, args: list[str], out: Path) -> tuple[list[int], str]:
     env = run_env()
     if not any(a.startswith("output_dir=") for a in args):  # each launch its own run directory
@@ -74,7 +69,7 @@ def _launch(mode: str, args: list[str], out: Path) -> tuple[list[int], str]:
     elif mode == "python-m-train":
         cmds, envs = [[sys.executable, "-m", "hyperscale.train", *args]], [env]
     else:
-        port = str(_free_port())
+        port = str(find_free_port())
         cmds = [[sys.executable, "-m", "hyperscale.train", *args]] * 2
         envs = [dict(env, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
                 for r in range(2)]

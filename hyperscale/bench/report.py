@@ -11,6 +11,7 @@ from typing import Any, Optional
 import torch
 import transformers
 
+from ..atomic import write_text_atomic
 from .settings import BenchSettings
 
 
@@ -138,9 +139,7 @@ def write_result(result: dict, json_out: Optional[str], table_out: Optional[str]
     if json_out:
         out = Path(json_out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, out)
+        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     if table_out:
         Path(table_out).parent.mkdir(parents=True, exist_ok=True)
         Path(table_out).write_text(format_table(result) + "\n")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+from ..launch import find_free_port
 
 CUDA_MEM_METRIC = "cuda max_memory_allocated"
 CPU_MEM_METRIC = "cpu sampled peak RSS minus RSS before build"
@@ -56,12 +56,6 @@ class _RssSampler:
         self.peak = max(self.peak, self.rss())
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def ensure_single_process_dist(device: str) -> None:
     """Start a world-size-1 process group the way the trainer's launcher would (rank variables set)."""
     if int(os.environ.get("WORLD_SIZE", "1")) != 1:
@@ -71,7 +65,7 @@ def ensure_single_process_dist(device: str) -> None:
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
     if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
+        os.environ["MASTER_PORT"] = str(find_free_port())
     if device == "cuda":
         torch.cuda.set_device(0)
     import deepspeed  # heavy, and it picks its accelerator from DS_ACCELERATOR (set just above) on import

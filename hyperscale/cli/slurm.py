@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
 import re
 import shlex
 import shutil
@@ -38,6 +37,7 @@ from typing import Any, Optional, Sequence, TextIO
 
 import yaml
 
+from ..atomic import write_text_atomic
 from ..errors import ConfigError
 from ..training.config import AUTO, load_config
 from ..training.geometry import batch_geometry
@@ -341,7 +341,4 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    write_text_atomic(path, text, mode=0o755)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from ..atomic import write_text_atomic
 from ..data.loading import load_multitask_splits
 from ..data.specs import registry_for_export, registry_from_config
 from ..errors import ConfigError, HyperscaleError, RunExistsError
@@ -87,12 +88,6 @@ def chance_reference(cfg: Any, task: str, split: str = "test") -> dict:
             "scores": constant_predictor_scores(registry.get(task), targets)}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def claim_root(root: Path, spec: dict) -> None:
     """Record the experiment's fixed settings in ``ROOT/experiment.json``, or check them against a previous
     run of the command (rank 0)."""
@@ -112,7 +107,7 @@ def claim_root(root: Path, spec: dict) -> None:
         raise RunExistsError(f"{root} exists and is not an experiment directory (no {EXPERIMENT_FILE}); use "
                              "another --out")
     root.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps(spec, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(spec, indent=2) + "\n")
 
 
 @contextmanager
@@ -256,7 +251,7 @@ def write_reports(root: Path, rows: list[dict], x_key: str, x_label: str, title:
     summary = report.summarize(rows, x_key)
     report.write_json(root / RESULTS_JSON, {"rows": rows, "summary": summary, "chance": chance or {}})
     table = report.markdown_table(summary, x_column or x_label, chance=chance, split=split)
-    _write_atomic(root / RESULTS_MD, f"# {title}\n\n{table}")
+    write_text_atomic(root / RESULTS_MD, f"# {title}\n\n{table}")
     paths.update(console=report.console_table(summary, x_column or x_label, chance=chance, split=split),
                  json=root / RESULTS_JSON, markdown=root / RESULTS_MD)
     try:

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
 
+from ..atomic import replace_with, write_text_atomic
 from ..errors import ConfigError, RunExistsError
 from .chance import metric_name
 
@@ -64,22 +65,11 @@ def check_new_files(paths: Iterable[PathLike], overwrite: bool, flag: str = "--o
             raise RunExistsError(f"{p} already exists; pass {flag} to replace it")
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def write_json(path: PathLike, obj: Any) -> Path:
     """``obj`` as indented JSON at ``path``, written atomically (replaces an earlier file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _save_figure(plt: Any, fig: Any, path: PathLike, dpi: int = 150) -> Path:
@@ -87,13 +77,7 @@ def _save_figure(plt: Any, fig: Any, path: PathLike, dpi: int = 150) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_path(path)
-        try:
-            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        replace_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
     finally:
         plt.close(fig)
     return path

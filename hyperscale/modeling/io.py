@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import hub
+from ..atomic import replace_with, write_text_atomic
 from ..errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -194,9 +195,7 @@ def backbone_file_hash(directory: PathLike, names: dict[str, list[str]]) -> str:
     digest = h.hexdigest()
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"hash": digest, "directory": str(d.resolve())}))
-        os.replace(tmp, cache)
+        write_text_atomic(cache, json.dumps({"hash": digest, "directory": str(d.resolve())}))
     except OSError:  # a read-only cache: the digest is still right
         pass
     return digest
@@ -313,13 +312,10 @@ def save_pretrained(directory: PathLike, config: HyperscaleConfig, state_dict: d
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.contiguous().cpu()
           for k, v in state_dict.items()}
-    tmp = out / (WEIGHTS_NAME + ".tmp")
     metadata = {"format": "pt", "hyperscale_format": str(FORMAT_VERSION), "method": config.method,
                 "tasks": json.dumps(list(config.tasks)), "sha256": tensors_digest(sd)}
-    save_file(sd, str(tmp), metadata=metadata)
     # safetensors writes through a temporary file created 0600 (then renamed), whatever the umask
-    os.chmod(tmp, file_mode())
-    os.replace(tmp, out / WEIGHTS_NAME)
+    replace_with(out / WEIGHTS_NAME, lambda tmp: save_file(sd, str(tmp), metadata=metadata), mode=file_mode())
     (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     return out
 

@@ -39,6 +39,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..atomic import write_text_atomic
 from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, RunExistsError
 from . import distributed as hdist
 from .state import TrainState, rng_state, set_rng_state
@@ -58,12 +59,6 @@ SAFE_GLOBALS = frozenset({
 
 def tag_for(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def read_pointer(ckpt_root: Path, name: str) -> Optional[str]:
@@ -276,10 +271,10 @@ def save(engine: Any, ckpt_root: Path, state: TrainState, files: dict[str, Any],
         raise
     hdist.barrier()
     if rank == 0:
-        _atomic_write(target / COMPLETE, json.dumps({"version": 1, "files": _manifest(target)}, indent=1) + "\n")
-        _atomic_write(ckpt_root / "latest", tag + "\n")
+        write_text_atomic(target / COMPLETE, json.dumps({"version": 1, "files": _manifest(target)}, indent=1) + "\n")
+        write_text_atomic(ckpt_root / "latest", tag + "\n")
         if is_best:
-            _atomic_write(ckpt_root / "best", tag + "\n")
+            write_text_atomic(ckpt_root / "best", tag + "\n")
         _prune(ckpt_root, keep_last)
     hdist.barrier()
     return tag

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from .. import __version__
+from ..atomic import write_text_atomic
 from ..data.tokenization import default_tokenizer, load_tokenizer
 from ..errors import (
     CheckpointError,
@@ -297,10 +298,7 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, materialize: bool
             f"from hyperscale import HyperscaleModel; model = HyperscaleModel.from_pretrained({shown!r})",
         ],
     }
-    tmp = out / (EXPORT_INFO + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.chmod(tmp, file_mode())
-    os.replace(tmp, out / EXPORT_INFO)
+    write_text_atomic(out / EXPORT_INFO, json.dumps(info, indent=2) + "\n", mode=file_mode())
     return out
 
 

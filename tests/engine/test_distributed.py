@@ -127,11 +127,9 @@ SIMULATED = textwrap.dedent("""
 
 
 def test_simulated_nccl_rejects_a_tensor_the_module_did_not_place(tmp_path: Path):
-    import socket
+    from hyperscale.launch import find_free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = find_free_port()
     script = tmp_path / "sim.py"
     script.write_text(SIMULATED)
     env = {**__import__("os").environ, "PORT": str(port), "PYTHONPATH": str(REPO)}

@@ -6,20 +6,12 @@ hyperscale's engine builder (``build_engine``), every bank tensor would be parti
 """
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
 import deepspeed
 
 from hyperscale.training.engine import build_engine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from hyperscale.errors import CheckpointError
+from hyperscale.launch import find_free_port
 from hyperscale.training import checkpoint as ckpt
 from hyperscale.training.recipe import Recipe
 from training_helpers import TINY, launch, log_tail
@@ -188,7 +189,6 @@ def test_preemption_at_a_checkpoint_step_saves_once_and_resumes_exactly(runs, tm
     reproduces the uninterrupted run's losses."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
@@ -197,9 +197,7 @@ def test_preemption_at_a_checkpoint_step_saves_once_and_resumes_exactly(runs, tm
 
     run = tmp_path / "preempted"
     args = [str(TINY), f"output_dir={run}", "checkpoint.every_steps=1", "logging.every_steps=1"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
+    port = str(find_free_port())
     logs = [(tmp_path / f"rank{r}.log").open("w") for r in range(2)]
     procs = [subprocess.Popen([sys.executable, "-m", "hyperscale.train", *args], cwd=REPO, stdout=logs[r],
                               stderr=subprocess.STDOUT, env=dict(run_env(), RANK=str(r), LOCAL_RANK=str(r),
