@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, Mapping, NoReturn, Optional
 
 
 class HyperscaleError(Exception):
@@ -52,17 +52,16 @@ class ArgumentParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see `{self.prog} --help`)")
 
 
-def _rank() -> int:
-    """This process's rank as the launcher or the process group says (0 outside a launcher)."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+def current_rank(env: Optional[Mapping[str, str]] = None) -> int:
+    """This process's rank: the process group's where one exists, else what the launcher set (``RANK``, or
+    ``SLURM_PROCID`` under srun) in ``env`` (default ``os.environ``), else 0. The package's one rank helper; it
+    imports nothing that is not loaded already (``hyperscale.launch`` stays light)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    env = os.environ if env is None else env
     for var in ("RANK", "SLURM_PROCID"):
-        value = os.environ.get(var, "")
+        value = env.get(var, "")
         if value.isdigit():
             return int(value)
     return 0
@@ -70,7 +69,7 @@ def _rank() -> int:
 
 def report(error: HyperscaleError) -> None:
     """The one-line report: ``hyperscale: error: ...`` on stderr, from rank 0 only."""
-    if _rank() == 0:
+    if current_rank() == 0:
         print(f"hyperscale: error: {error}", file=sys.stderr, flush=True)
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError, leave_process_group
+from ..errors import ConfigError, current_rank, leave_process_group
 from .logging import hidden_output
 from ..launch import setup_distributed_env
 
@@ -83,7 +83,8 @@ def is_initialized() -> bool:
 
 
 def rank() -> int:
-    return dist.get_rank() if is_initialized() else 0
+    """This process's rank (:func:`hyperscale.errors.current_rank`: the group's, else the launcher's, else 0)."""
+    return current_rank()
 
 
 def world_size() -> int:

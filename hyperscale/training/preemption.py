@@ -32,6 +32,7 @@ import subprocess
 from types import FrameType
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
+from ..errors import current_rank
 from . import distributed as hdist
 
 __all__ = ["PreemptionHandler", "DEFAULT_SIGNALS"]
@@ -175,12 +176,7 @@ class PreemptionHandler:
         return os.environ if self._env is None else self._env
 
     def _rank(self) -> int:
-        if hdist.is_initialized():
-            return hdist.rank()
-        try:
-            return int(self._env_map().get("RANK", "0"))
-        except ValueError:
-            return 0
+        return current_rank(self._env_map())
 
     def requeue(self) -> bool:
         """Requeue this SLURM job; call on all ranks after the checkpoint is saved.
