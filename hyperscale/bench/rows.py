@@ -24,7 +24,7 @@ import torch.profiler
 from ..modeling.compile import prepare_for_compile
 from ..modeling.model import HyperscaleModel, load_backbone
 from ..training import engine as trainer_engine  # used through the module: the trainer's functions, as patched
-from ..training.config import RunConfig
+from ..training.config import RunConfig, load_config
 from ..training.ds_config import build_ds_config
 from .runtime import (
     SimulatedOutOfMemoryError,
@@ -116,8 +116,10 @@ def _loss(logits, labels):
     return trainer_engine.per_example_loss(logits, labels).mean()
 
 
-def _run_config() -> Any:
-    return RunConfig()
+def _run_config() -> RunConfig:
+    """The run ``hyperscale train`` runs with no arguments (the embedded ``configs/default.yaml``): the benchmark's
+    optimizer, schedule and DeepSpeed settings are the trainer's default run's, not a second set of defaults."""
+    return load_config(None)
 
 
 class _PlainOptimizer:

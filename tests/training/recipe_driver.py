@@ -16,8 +16,9 @@ import sys
 import torch
 
 from hyperscale.train import build_arg_parser
-from hyperscale.training.recipe import Recipe
 from hyperscale.training.config import load_config
+from hyperscale.training.logging import quiet_known_noise
+from hyperscale.training.recipe import Recipe
 
 N_PROBE = 4  # examples per task
 MAX_NEW_TOKENS = 4
@@ -57,13 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", required=True, help="where rank 0 writes the probe (torch.save)")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    recipe = Recipe(cfg, resume=args.resume)
-    recipe.setup()
-    recipe.train()
-    result = probe(recipe)
-    if recipe.rank == 0:
-        torch.save(result, args.probe)
-    recipe.finish()
+    with quiet_known_noise():  # as the trainer's entry points run a recipe
+        recipe = Recipe(cfg, resume=args.resume)
+        recipe.setup()
+        recipe.train()
+        result = probe(recipe)
+        if recipe.rank == 0:
+            torch.save(result, args.probe)
+        recipe.finish()
     return 0
 
 
