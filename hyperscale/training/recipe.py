@@ -59,11 +59,11 @@ from ..modeling.model import HyperscaleModel, load_backbone
 from . import checkpoint as ckpt
 from . import distributed as hdist
 from . import engine as eng
+from .auto import resolve_auto
 from .config import AUTO, RunConfig, resume_differences
 from .ds_config import build_ds_config
-from .auto import resolve_auto
-from .geometry import per_rank_batch
 from .evaluate import predict_task
+from .geometry import per_rank_batch
 from .export import export_checkpoint
 from .logging import RunLogger, quiet_unless_verbose
 from .preemption import PreemptionHandler
@@ -250,7 +250,7 @@ class Recipe:
 
     def _resolve_auto(self, saved: Optional[TrainState]) -> RunConfig:
         """The run config with ``train.micro_batch_size`` and ``deepspeed.zero_stage`` as numbers for this world size
-        and device (:func:`hyperscale.training.geometry.resolve_auto`; a number given is checked against the world
+        and device (:func:`hyperscale.training.auto.resolve_auto`; a number given is checked against the world
         size). Rank 0 decides (the memory plan takes seconds) and every rank takes its answer; a resume keeps its
         checkpoint's stage under ``zero_stage=auto``. The result is what RUN/config.yaml and checkpoints record."""
         cfg = self.cfg
