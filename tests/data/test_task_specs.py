@@ -351,15 +351,18 @@ def test_shipped_example_loads_and_its_data_is_what_the_generator_writes(tmp_pat
 # label names). HyperFormer++ on a tiny random T5 (d_model 32, the real T5 vocabulary). Training stops once a
 # probe drawn from the *training* rows is answered perfectly with an answer NLL below LEARN_CONVERGED (or at
 # LEARN_MAX_STEPS), so the held-out thresholds do not depend on how fast a CPU's kernels get there.
-# Then a third spec task equal to marker_pos is added to the model and only its task embedding trains, on
-# k = 32 of its examples: the hypernetwork already knows how, the embedding has to find it.
+# Then a third spec task is added to the model and only its task embedding trains, on k = 32 of its examples: the
+# embedding moves and nothing else does. Whether it finds the task is NOT asserted: measured 2026-12-03, a new task
+# equal to marker_pos already answers like it before any step (99-100 % held out from a mean or random embedding, on
+# avx512, avx2 and default kernels), and one equal to marker_neg stays at 0-8 % after 1500 steps at lr 3e-2 (from a
+# marker_neg-like start toward marker_pos: 49 %). Embedding-only few-shot transfer is an open question (issue 22).
 FILLERS = ("apple river stone cloud green house table music light paper water horse bread chair glass field "
            "dream silver winter garden candle forest yellow basket mirror pencil rocket violin desert island").split()
 MARKER_WORD = "zebra"
 LEARN_MAX_STEPS, LEARN_CHECK_EVERY, LEARN_BATCH, LEARN_LR = 2000, 25, 64, 1e-3
 LEARN_CONVERGED = 0.02  # probe answer NLL (first target token, restricted to the two answers): stop below it
-ADAPT_K, ADAPT_MAX_STEPS, ADAPT_LR = 32, 1500, 3e-2
-LEARN_PASS, ADAPT_PASS = 95.0, 90.0
+ADAPT_K, ADAPT_STEPS, ADAPT_LR = 32, 50, 3e-2
+LEARN_PASS = 95.0
 
 
 def _marker_rows(n: int, seed: int) -> list:
@@ -434,7 +437,7 @@ def _held_out(model, registry, splits, task: str, query: str = None) -> float:
 
 
 @pytest.mark.slow
-def test_two_spec_tasks_with_opposite_answers_are_learnt_and_a_third_is_adapted_by_its_embedding(tmp_path: Path):
+def test_two_spec_tasks_with_opposite_answers_are_learnt_and_adapting_a_third_moves_only_its_embedding(tmp_path: Path):
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
@@ -446,7 +449,7 @@ def test_two_spec_tasks_with_opposite_answers_are_learnt_and_a_third_is_adapted_
     root.mkdir()
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _marker_rows(2000, seed=1)))
     (root / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _marker_rows(1024, seed=2)))
-    specs = [_marker_spec("marker_pos", "pos"), _marker_spec("marker_neg", "neg"), _marker_spec("marker_again", "pos")]
+    specs = [_marker_spec("marker_pos", "pos"), _marker_spec("marker_neg", "neg"), _marker_spec("marker_again", "neg")]
     files = [str(write_spec(root, f"{s['name']}.yaml", s)) for s in specs]
     registry = build_registry(task_files=files)
     names = ["marker_pos", "marker_neg"]
@@ -478,21 +481,24 @@ def test_two_spec_tasks_with_opposite_answers_are_learnt_and_a_third_is_adapted_
         # the ids matter: each task's inputs asked under the other id get the other answers
         assert _held_out(model, registry, splits, "marker_pos", query="marker_neg") <= 100 - LEARN_PASS
 
-        # adapt: a third spec task (equal to marker_pos), k = 32 examples, only its task embedding trains
+        # adapt: a third spec task (equal to marker_neg), k = 32 examples, only its task embedding trains
         new = load_multitask_splits(["marker_again"], None, registry=registry, n_train=ADAPT_K, subset_seed=0)
         new_tok = {t: columns_as_lists(s["train"], ["input_ids", "labels"]) for t, s in
                    tokenize_splits(new, default_tokenizer(), 32, 4, tmp_path / "cache").items()}
-        model.add_task("marker_again", init="mean")
+        model.add_task("marker_again", init="random")
+        start = _held_out(model, registry, new, "marker_again")
         hold_fixed(model, "embedding")
         learn = trained_parameters(model, "embedding")
         frozen = {k: v.detach().clone() for k, v in model.named_parameters() if id(v) not in learn}
+        moving = {k: v.detach().clone() for k, v in model.named_parameters() if id(v) in learn}
         torch.manual_seed(0)
         steps = _fit(model, [p for p in model.parameters() if id(p) in learn], new_tok, ["marker_again"],
-                     lambda s: list(range(ADAPT_K)), list(range(ADAPT_K)), ADAPT_MAX_STEPS, ADAPT_LR)
+                     lambda s: list(range(ADAPT_K)), list(range(ADAPT_K)), ADAPT_STEPS, ADAPT_LR)
         acc_new = _held_out(model, registry, new, "marker_again")
-        print(f"[spec adapt] {steps} steps on k={ADAPT_K}, held-out accuracy {acc_new:.1f}")
-        assert acc_new >= ADAPT_PASS, (steps, acc_new)
-        assert all(torch.equal(v, dict(model.named_parameters())[k]) for k, v in frozen.items())
+        print(f"[spec adapt] {steps} steps on k={ADAPT_K}, held-out accuracy {start:.1f} -> {acc_new:.1f}")
+        params = dict(model.named_parameters())
+        assert all(torch.equal(v, params[k]) for k, v in frozen.items())  # the hypernetwork and the backbone held
+        assert any(not torch.equal(v, params[k]) for k, v in moving.items())  # the task embedding moved
     finally:
         torch.set_num_threads(before)
 
