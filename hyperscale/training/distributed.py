@@ -10,19 +10,16 @@ to that device, reduces, and writes the result back into the caller's tensor.
 :func:`init` sets the CUDA device *before* the process group exists (NCCL binds a rank to the
 current device when the group is created; set it later and rank 1 may talk through GPU 0).
 
-CPU tests over gloo cannot see a CPU tensor handed to an NCCL group, so the module has a simulation
-(``HYPERSCALE_SIMULATE_NCCL=1``, or :func:`simulate_nccl`): every tensor collective issued outside
-DeepSpeed and torch (whose tensors live with the model, on the GPU in a real run) must carry a tensor
-that this module placed on the communication device; any other tensor fails exactly as NCCL fails.
+CPU tests over gloo cannot see a CPU tensor handed to an NCCL group; the test suite simulates one
+(``tests/engine/nccl_simulation.py``) by wrapping :func:`_to_comm` and torch.distributed's collectives, so
+this module holds no simulation code of its own.
 """
 from __future__ import annotations
 
-import functools
-import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -30,14 +27,6 @@ import torch.distributed as dist
 from ..errors import ConfigError, current_rank, leave_process_group
 from .logging import hidden_output
 from ..launch import setup_distributed_env
-
-SIMULATE_ENV = "HYPERSCALE_SIMULATE_NCCL"
-_NCCL_CPU_ERROR = "No backend type associated with device type cpu"
-# torch.distributed's tensor collectives (the simulation guards each of them)
-_TENSOR_COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter",
-                       "reduce_scatter_tensor", "broadcast", "reduce", "all_to_all_single", "gather", "scatter")
-_simulating = False
-
 
 @dataclass(frozen=True)
 class RankInfo:
@@ -67,8 +56,6 @@ def init(timeout_s: int, device: str = "auto") -> RankInfo:
         torch.cuda.set_device(where)  # before the group exists: NCCL binds the rank to the current device
     with hidden_output():  # DeepSpeed's "deepspeed_shm_comm_op built successfully", a line per rank, unless verbose
         deepspeed.init_distributed(timeout=timedelta(seconds=timeout_s))
-    if os.environ.get(SIMULATE_ENV) == "1":
-        simulate_nccl()
     return RankInfo(env.rank, env.local_rank, env.world_size, where)
 
 
@@ -118,12 +105,7 @@ def comm_device() -> torch.device:
 
 
 def _to_comm(t: torch.Tensor) -> torch.Tensor:
-    """``t`` on the communication device: ``t`` itself when it lives there, else a copy (always a copy when
-    simulating)."""
-    if _simulating:
-        out = t.detach().clone()
-        out._hyperscale_comm = True  # placed by this module: the simulated NCCL group accepts it
-        return out
+    """``t`` on the communication device: ``t`` itself when it lives there, else a copy."""
     dev = comm_device()
     return t if t.device == dev else t.detach().to(dev)  # already there: reduced in place, no copy
 
@@ -155,43 +137,3 @@ def all_gather_object(obj: Any) -> list:
     out: list = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-# ------------------------------------------------------------------------------------- simulation
-def simulate_nccl() -> None:
-    """Make torch.distributed's tensor collectives behave like an NCCL group towards hyperscale's code:
-    a tensor that this module did not place on the communication device raises NCCL's error. Collectives
-    issued by DeepSpeed or torch itself are left alone (in a GPU run their tensors live on the GPU)."""
-    global _simulating
-    if _simulating:
-        return
-    _simulating = True
-    for name in _TENSOR_COLLECTIVES:
-        original = getattr(dist, name, None)
-        if original is not None:
-            setattr(dist, name, _guarded(original))
-
-
-def _guarded(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def collective(*args: Any, **kwargs: Any) -> Any:
-        caller = sys._getframe(1).f_globals.get("__name__", "")
-        if not caller.startswith(("deepspeed", "torch")):
-            for t in _tensors(args, kwargs):
-                if not getattr(t, "_hyperscale_comm", False):
-                    raise RuntimeError(f"{_NCCL_CPU_ERROR} (simulated NCCL: {caller} called "
-                                       f"torch.distributed.{fn.__name__} on a tensor not placed on the "
-                                       "communication device; use hyperscale.training.distributed)")
-        return fn(*args, **kwargs)
-
-    return collective
-
-
-def _tensors(args: tuple, kwargs: dict) -> list:
-    found = []
-    for a in list(args) + list(kwargs.values()):
-        if isinstance(a, torch.Tensor):
-            found.append(a)
-        elif isinstance(a, (list, tuple)):
-            found.extend(x for x in a if isinstance(x, torch.Tensor))
-    return found

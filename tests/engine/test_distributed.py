@@ -1,8 +1,8 @@
 """The distributed layer: one module holds every tensor collective, puts tensors on the process group's
 communication device (cuda:LOCAL_RANK under NCCL), and sets the CUDA device before the group exists.
 
-No GPU here, so NCCL is simulated (``HYPERSCALE_SIMULATE_NCCL=1``): a collective issued by hyperscale's code on
-a tensor that the distributed module did not place on the communication device fails with NCCL's own error.
+No GPU here, so NCCL is simulated (``nccl_simulation.py`` beside this file): a collective issued by hyperscale's
+code on a tensor that the distributed module did not place on the communication device fails with NCCL's own error.
 Before the distributed module existed, the trainer all-reduced CPU step statistics with ``dist.all_reduce``:
 under the simulation that run stops at step 1 (checked by hand on commit ad5624f, see the closing note of
 issue 9); the 2-process run below must pass.
@@ -10,6 +10,7 @@ issue 9); the 2-process run below must pass.
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import textwrap
@@ -20,7 +21,8 @@ import torch
 
 from hyperscale.training import distributed as hdist
 
-REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 PACKAGE = REPO / "hyperscale"
 COLLECTIVES = {"all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "reduce_scatter",
                "reduce_scatter_tensor", "broadcast", "broadcast_object_list", "reduce", "all_to_all",
@@ -114,14 +116,18 @@ def test_cuda_device_is_set_before_the_process_group(monkeypatch):
 SIMULATED = textwrap.dedent("""
     import os, torch, torch.distributed as dist
     from hyperscale.training import distributed as hdist
+    from nccl_simulation import install
     os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"])
     dist.init_process_group("gloo")
-    hdist.simulate_nccl()
+    undo = install()
     dist.all_reduce(hdist._to_comm(torch.ones(2)))       # placed by the module: accepted
     try:
         dist.all_reduce(torch.zeros(3))                   # a CPU tensor straight from "trainer" code
     except RuntimeError as e:
         print("REJECTED:", e)
+    undo()
+    dist.all_reduce(torch.zeros(3))                       # gloo again once undone
+    print("UNDONE")
     dist.destroy_process_group()
 """)
 
@@ -132,10 +138,11 @@ def test_simulated_nccl_rejects_a_tensor_the_module_did_not_place(tmp_path: Path
     port = find_free_port()
     script = tmp_path / "sim.py"
     script.write_text(SIMULATED)
-    env = {**__import__("os").environ, "PORT": str(port), "PYTHONPATH": str(REPO)}
+    env = {**__import__("os").environ, "PORT": str(port), "PYTHONPATH": f"{REPO}{os.pathsep}{HERE}"}
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "REJECTED: No backend type associated with device type cpu" in proc.stdout, proc.stdout + proc.stderr
+    assert "UNDONE" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.distributed
@@ -147,15 +154,9 @@ def test_two_rank_training_under_simulated_nccl(tmp_path: Path):
 
     log = tmp_path / "sim.log"
     run = tmp_path / "run"
-    import os
-
-    os.environ[hdist.SIMULATE_ENV] = "1"
-    try:
-        proc = launch(["-m", "hyperscale.train"], [str(TINY), f"output_dir={run}", "train.max_steps=4",
-                                                   "checkpoint.every_steps=2", "distributed.check_task_sync=true",
-                                                   "eval.every_steps=2"], 2, log)
-    finally:
-        os.environ.pop(hdist.SIMULATE_ENV)
+    proc = launch([str(HERE / "nccl_driver.py")], [str(TINY), f"output_dir={run}", "train.max_steps=4",
+                                                    "checkpoint.every_steps=2", "distributed.check_task_sync=true",
+                                                    "eval.every_steps=2"], 2, log)
     assert proc.returncode == 0, log_tail(log)
     assert "simulated NCCL" not in log.read_text()
     assert (run / "results.json").is_file()
