@@ -24,7 +24,7 @@ import torch
 from transformers import AutoConfig
 
 from ..errors import ConfigError
-from ..modeling.config import METHODS, ArchConfig, HyperscaleConfig
+from ..modeling.config import ARCH_DEFAULTS, METHODS, ArchConfig, HyperscaleConfig
 from ..modeling.model import HyperscaleModel
 from ..modeling.presets import PRESETS, backbone_from_config, preset_config, preset_ties_head
 
@@ -62,13 +62,11 @@ def backbone_config(spec: str):
                      f"presets: {', '.join(sorted(PRESETS))}")
 
 
-def build_report(backbone: str, method: str, tasks: list[str], reduction_factor: int = 32,
-                 **arch: Any) -> dict[str, Any]:
-    """Build the model on the meta device and return its ``parameter_report()``; ``arch``: other
-    ``ArchConfig`` fields (``task_embedding_dim=32``, ...)."""
+def build_report(backbone: str, tasks: list[str], **arch: Any) -> dict[str, Any]:
+    """Build the model on the meta device and return its ``parameter_report()``; ``arch``: ``ArchConfig`` fields
+    (``method="adapters"``, ``reduction_factor=16``, ...), each left out taking its default there."""
     cfg, tied = backbone_config(backbone)
-    config = HyperscaleConfig(method=method, tasks=list(tasks), reduction_factor=reduction_factor,
-                              backbone_id=backbone, **arch)
+    config = HyperscaleConfig(tasks=list(tasks), backbone_id=backbone, **arch)
     with torch.device("meta"):
         model = backbone_from_config(cfg, tied)
         wrapped = HyperscaleModel(model, config, compute_hash=False)
@@ -110,9 +108,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="t5-base",
                    help="preset name (t5-base, flan-t5-large, ...), preset:NAME, or a local model directory "
                         "(its config.json is read); default t5-base")
-    p.add_argument("--method", default="hyperformer++", choices=METHODS, help="default hyperformer++")
+    p.add_argument("--method", default=ARCH_DEFAULTS["method"], choices=METHODS,
+                   help=f"default {ARCH_DEFAULTS['method']}")
     p.add_argument("--tasks", default="8", help="number of tasks, or a comma-separated list of names; default 8")
-    p.add_argument("--reduction-factor", type=int, default=32, help="d_model / adapter bottleneck; default 32")
+    p.add_argument("--reduction-factor", type=int, default=ARCH_DEFAULTS["reduction_factor"],
+                   help=f"d_model / adapter bottleneck; default {ARCH_DEFAULTS['reduction_factor']}")
     types = {"int": int, "float": float}
     for f in _other_arch_fields():  # default None: the schema's default
         flag = "--" + f.name.replace("_", "-")
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         tasks = parse_tasks(str(args.tasks))
         arch = {f.name: getattr(args, f.name) for f in _other_arch_fields() if getattr(args, f.name, None) is not None}
-        report = build_report(args.backbone, args.method, tasks, args.reduction_factor, **arch)
+        report = build_report(args.backbone, tasks, method=args.method, reduction_factor=args.reduction_factor, **arch)
     except (ValueError, OSError) as e:  # what the arguments name does not exist or does not fit
         raise ConfigError(str(e)) from None
     if args.json:

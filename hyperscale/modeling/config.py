@@ -71,6 +71,7 @@ class ArchConfig:
 
 
 ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(ArchConfig))
+ARCH_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ArchConfig)}  # read by the CLIs; written once, above
 _ARCH_TYPES = get_type_hints(ArchConfig)
 
 

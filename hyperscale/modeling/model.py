@@ -99,14 +99,14 @@ class HyperscaleModel(nn.Module):
         cls,
         backbone: Any,
         tasks: Sequence[str],
-        method: str = "hyperformer++",
-        reduction_factor: int = 32,
         torch_dtype: Optional[torch.dtype] = None,
-        **kwargs: Any,
+        **arch: Any,
     ) -> "HyperscaleModel":
-        """Wrap ``backbone`` (a T5 model, a local directory, a hub id or ``preset:NAME``)."""
+        """Wrap ``backbone`` (a T5 model, a local directory, a hub id or ``preset:NAME``); ``arch``: fields of
+        :class:`~hyperscale.modeling.config.ArchConfig` (``method``, ``reduction_factor``, ...), each left out
+        taking its default there."""
         tasks = tasks if isinstance(tasks, str) else list(tasks)  # a bare string is refused by the config
-        config = HyperscaleConfig(method=method, tasks=tasks, reduction_factor=reduction_factor, **kwargs)
+        config = HyperscaleConfig(tasks=tasks, **arch)
         model, backbone_id = load_backbone(backbone, torch_dtype)
         return cls(model, dataclasses.replace(config, backbone_id=backbone_id))
 

@@ -24,6 +24,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type
 
 import yaml
 
+from ..data.sample import SAMPLE_TASKS
 from ..data.specs import registry_from_config
 from ..errors import ConfigError
 from ..modeling.config import ArchConfig
@@ -51,7 +52,7 @@ class ModelConfig(ArchConfig):
 
 @dataclass(frozen=True)
 class DataConfig:
-    tasks: list = field(default_factory=lambda: ["rte", "mrpc", "sst2", "cola", "stsb", "cb"])
+    tasks: list = field(default_factory=lambda: list(SAMPLE_TASKS))  # the shipped sample's tasks
     data_dir: str = "sample"  # "sample" (shipped), "hub" (datasets.load_dataset) or a GLUE-layout directory
     tokenizer: str = "default"  # "default" = shipped T5 spiece.model, or a tokenizer directory / hub id
     max_source_length: int = 128

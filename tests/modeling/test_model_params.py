@@ -54,7 +54,7 @@ def t5_backbone_formula(cfg, tied: bool) -> int:
 
 def meta_report(preset: str, method: str, n_tasks: int = 8, rf: int = 32) -> dict:
     """The production path of `hyperscale params`: built on the meta device."""
-    return build_report(preset, method, [f"t{i}" for i in range(n_tasks)], rf)
+    return build_report(preset, [f"t{i}" for i in range(n_tasks)], method=method, reduction_factor=rf)
 
 
 def test_reference_numbers():
