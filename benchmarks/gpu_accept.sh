@@ -5,24 +5,29 @@
 # under ZeRO-2, `--resume auto` on the finished run (must exit 0, train nothing, leave an export), a
 # second resume with train.max_steps=40 (10 more steps), `hyperscale export` + `hyperscale predict` of
 # that ZeRO-2 run, `hyperscale eval` of that export on the GPU (its test scores must equal the run's
-# results.json exactly), the ZeRO-2 train again with train.compile=true, the same train + resumes under
-# ZeRO-3, then the benchmark table (gpu_run.sh) in the time that is left. Phases, in order: install train-z2
-# resume-finished-z2 resume-extend-z2 export-z2 predict-z2 eval-gpu-z2 train-compiled-z2 train-z3
-# resume-finished-z3 resume-extend-z3 bench (export/predict/eval run right after the ZeRO-2 phases, before
-# ZeRO-3's slower ones; predict and eval run with --device ACCEPT_DEVICE). Each prints exactly one line on
+# results.json exactly), the memory plan checked against the trainer's engine (`plan`: benchmarks/plan_check.py,
+# t5-base at micro-batch 64 under ZeRO-2 and ZeRO-3: the plan's per-GPU peak less its allowance against
+# torch.cuda.max_memory_allocated over 3 real steps, each stage within 15 %), the ZeRO-2 train again with
+# train.compile=true, the same train + resumes under ZeRO-3, then the benchmark table (gpu_run.sh) in the time
+# that is left. Phases, in order: install train-z2 resume-finished-z2 resume-extend-z2 export-z2 predict-z2
+# eval-gpu-z2 plan train-compiled-z2 train-z3 resume-finished-z3 resume-extend-z3 bench (export/predict/eval and
+# plan run right after the ZeRO-2 phases, before ZeRO-3's slower ones; predict and eval run with --device
+# ACCEPT_DEVICE; without stage 2 in ACCEPT_STAGES, plan runs after the last train). Each prints exactly one line on
 # stdout, `PASS <phase> (<s> s)` or `FAIL <phase> (<reason>)`; a failed phase does not stop the independent
 # ones after it (a phase whose input is missing fails as "skipped: ..."); the last line is `SUMMARY ...`;
 # exit status 0 only if every phase passed. Logs: $OUT/<phase>.log, $OUT/accept.log, $OUT/results.txt,
-# $OUT/environment.txt, $OUT/eval-gpu-z2.json (the eval's scores), the runs under $OUT/runs/, the
-# benchmark's files under $OUT/bench/ (the device tool brings $OUT back).
+# $OUT/environment.txt, $OUT/eval-gpu-z2.json (the eval's scores), $OUT/plan-check.json (plan and measurement
+# per stage; its PASS/FAIL lines in $OUT/plan.log and accept.log), the runs under $OUT/runs/, the benchmark's
+# files under $OUT/bench/ (the device tool brings $OUT back).
 #
 # On the GPU machine (python3.12, torch+CUDA, transformers, peft; no deepspeed, no network), through the
 # device tool, from the repository root, with the wheels carried (benchmarks/fetch_wheels.sh builds them):
 #     bash benchmarks/gpu_accept.sh                   # carry: ["benchmarks/wheels"], timeout_s >= 500
 #
 # Dry run on a CPU machine (preset:t5-tiny, train.device=cpu, 6 + 2 steps, the same phases and ZeRO
-# stages, OMP_NUM_THREADS=1, gpu_run.sh --dry-run with one batch size and three rows; installs nothing
-# when the python already imports deepspeed 0.19.8): about 2 minutes on 2 cores.
+# stages, OMP_NUM_THREADS=1, gpu_run.sh --dry-run with one batch size and three rows, the plan phase at
+# micro-batch 8 measured by the CPU allocator; installs nothing when the python already imports deepspeed
+# 0.19.8): about 3 minutes on 2 cores.
 #     bash benchmarks/gpu_accept.sh --dry-run
 #
 # Knobs (environment; dry-run defaults in brackets): OUT ($REPO/accept_out [a mktemp dir]) PYTHON (python3
@@ -32,11 +37,14 @@
 # ACCEPT_TASKS ("": the config's six [[rte,cb]]; must hold rte) ACCEPT_SRC_LEN (128 [64])
 # ACCEPT_CKPT_EVERY (15 [3]) ACCEPT_EVAL_N (32 [8]: eval.max_examples per task and split)
 # ACCEPT_OVERRIDES ("": more key=value overrides for every train/resume)
-# ACCEPT_DEADLINE (450 s [300]: no phase's process runs past this many seconds after the start; each
-# timeout is cut to the time left, and a phase with under ACCEPT_MIN_PHASE (20 s) left fails as skipped)
+# ACCEPT_DEADLINE (450 s [600: 2 cores shared with other jobs]: no phase's process runs past this many seconds
+# after the start; each timeout is cut to the time left, and a phase with under ACCEPT_MIN_PHASE (20 s) left
+# fails as skipped; the bench phase gets what is left, so the plan phase's ~1 minute on a GPU comes out of it)
 # Per-phase timeouts: ACCEPT_TIMEOUT_INSTALL (120) ACCEPT_TIMEOUT_TRAIN (150) ACCEPT_TIMEOUT_RESUME (120)
 # ACCEPT_TIMEOUT_EXPORT (90) ACCEPT_TIMEOUT_PREDICT (90) ACCEPT_TIMEOUT_EVAL (90)
-# ACCEPT_TIMEOUT_TRAIN_COMPILED (240). ACCEPT_COMPILE
+# ACCEPT_TIMEOUT_TRAIN_COMPILED (240) ACCEPT_TIMEOUT_PLAN (150). ACCEPT_PLAN (1; 0 leaves the plan phase out)
+# ACCEPT_PLAN_STAGES ("2 3") ACCEPT_PLAN_BATCH (64 [8]: micro-batch = global batch, the README's t5-base plan row)
+# ACCEPT_PLAN_STEPS (3 [2]) ACCEPT_PLAN_TOLERANCE (0.15, of the measured peak). ACCEPT_COMPILE
 # (1; 0 leaves train-compiled-z2 out) ACCEPT_COMPILE_BACKEND (inductor [aot_eager: no minute of CPU codegen]).
 # ACCEPT_BENCH (1; 0 leaves the bench phase out).
 # The bench phase runs gpu_run.sh (its own knobs apply) with BENCH_DEADLINE = the time left, and here by
@@ -58,7 +66,8 @@ done
 if [ "$DRY" = 1 ]; then
   : "${ACCEPT_BACKBONE:=preset:t5-tiny}" "${ACCEPT_DEVICE:=cpu}" "${ACCEPT_STEPS:=6}" "${ACCEPT_EXTEND:=2}"
   : "${ACCEPT_TASKS:=[rte,cb]}" "${ACCEPT_BATCH:=8}" "${ACCEPT_SRC_LEN:=64}" "${ACCEPT_CKPT_EVERY:=3}" "${ACCEPT_EVAL_N:=8}"
-  : "${ACCEPT_DEADLINE:=300}" "${ACCEPT_PYTHON_DEFAULT:=python}" "${ACCEPT_COMPILE_BACKEND:=aot_eager}"
+  : "${ACCEPT_DEADLINE:=600}" "${ACCEPT_PYTHON_DEFAULT:=python}" "${ACCEPT_COMPILE_BACKEND:=aot_eager}"
+  : "${ACCEPT_PLAN_BATCH:=8}" "${ACCEPT_PLAN_STEPS:=2}"
   : "${BENCH_COMPILE:=0}"
   : "${BENCH_BATCHES=4}" "${BENCH_EXTRA_ARGS=--threads 1 --only floor,hyperformer++,ds-zero2}"
   : "${OUT:=$(mktemp -d /tmp/hyperscale_gpu_accept_dry.XXXX)}"
@@ -92,7 +101,7 @@ TEXT="sentence1: A man is playing a guitar on the stage. sentence2: Someone is p
 mkdir -p "$OUT"
 # this script's own outputs only (a second call on a warm machine starts clean; nothing else in $OUT is touched)
 rm -rf "$OUT/runs" "$OUT/export-z2" "$OUT/bench" "$OUT"/*.log "$OUT/results.txt" "$OUT/environment.txt" \
-       "$OUT/eval-gpu-z2.json"
+       "$OUT/eval-gpu-z2.json" "$OUT/plan-check.json"
 LOG="$OUT/accept.log"
 log() { echo "[gpu_accept $(date +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
 . "$REPO/benchmarks/install_wheels.sh"  # install_wheels, print_environment
@@ -290,6 +299,39 @@ print("" if (e["step"], e["tasks"]) == (r["step"], r["tasks"]) else
       "$OUT/eval-gpu-z2.json" "$OUT/runs/z2/results.json" 2>&1 | tail -n 1 | cut -c1-220
 }
 
+# ------------------------------------------------------------------------------------------ plan
+# benchmarks/plan_check.py: the plan of this config (backbone, precision, source length, tasks) at micro-batch
+# ACCEPT_PLAN_BATCH on one GPU against the trainer's engine, each stage of ACCEPT_PLAN_STAGES in one process
+plan_check_cmd() {  # exit 0 once plan-check.json is written (check_plan judges it); else plan_check.py's status
+  "$PY" "$REPO/benchmarks/plan_check.py" "$@"
+  local rc=$?
+  [ "$rc" -eq 1 ] && [ -f "$OUT/plan-check.json" ] && return 0
+  return "$rc"
+}
+check_plan() {  # every stage within the tolerance; else the FAIL lines; the per-stage lines go to accept.log
+  local line
+  while IFS= read -r line; do log "plan: $line"; done < <(grep -E '^(PASS|FAIL) ZeRO|^  (ZeRO|activations)' "$OUT/$1.log")
+  [ -f "$OUT/plan-check.json" ] || { echo "no plan-check.json"; return; }
+  "$PY" -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+bad = [s["line"].removeprefix("FAIL ") for s in r["stages"] if not s["pass"]]
+print("; ".join(bad) if bad else "" if r["stages"] else "no stage was checked")' "$OUT/plan-check.json" 2>&1 \
+      | tail -n 1 | tr '()' '[]' | cut -c1-300
+}
+PLAN_DONE=0
+plan_phase() {
+  PLAN_DONE=1
+  [ "${ACCEPT_PLAN:-1}" = 1 ] || return 0
+  export -f plan_check_cmd
+  export PY OUT REPO
+  # shellcheck disable=SC2086  # ACCEPT_PLAN_STAGES is a list of stages
+  phase plan "${ACCEPT_TIMEOUT_PLAN:-150}" check_plan bash -c 'plan_check_cmd "$@"' plan_check_cmd "$CONFIG" \
+      "model.backbone=$BACKBONE" "train.precision=$PRECISION" "data.max_source_length=$SRC_LEN" \
+      "${USER_OVERRIDES[@]}" --device "$DEVICE" --stages ${ACCEPT_PLAN_STAGES:-2 3} \
+      --batch "${ACCEPT_PLAN_BATCH:-64}" --steps "${ACCEPT_PLAN_STEPS:-3}" \
+      --tolerance "${ACCEPT_PLAN_TOLERANCE:-0.15}" --out "$OUT"
+}
+
 for z in $STAGES; do
   train_stage "$z"
   if [ "$z" = 2 ]; then  # export + predict of the ZeRO-2 result, before ZeRO-3's slower phases
@@ -308,6 +350,7 @@ for z in $STAGES; do
       skip predict-z2 "export-z2 failed"
       skip eval-gpu-z2 "export-z2 failed"
     fi
+    plan_phase  # the memory plan against the engine, before ZeRO-3's slower phases
     # the same ZeRO-2 run compiled (train.compile=true): the log's "torch.compile (...): N graph(s)" line and
     # its step times against train-z2's are the first GPU measurement of the compiled trainer
     if [ "$COMPILE" = 1 ]; then
@@ -319,6 +362,8 @@ for z in $STAGES; do
     fi
   fi
 done
+
+[ "$PLAN_DONE" = 1 ] || plan_phase
 
 # ------------------------------------------------------------------------------------------ bench
 check_bench() {

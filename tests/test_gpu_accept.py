@@ -1,7 +1,8 @@
 """``benchmarks/gpu_accept.sh --dry-run`` end to end on a CPU: the GPU acceptance script of the real trainer
 with a tiny backbone (install, train + resume of a finished run + resume that extends it under ZeRO-2, export,
-predict, eval of the export against the run's results.json). A slow integration test (~1.5 minutes on 2 cores): one run of the script, shared by the module; every phase prints
-exactly one PASS/FAIL line.
+predict, eval of the export against the run's results.json, the memory plan against the engine at ZeRO-2 and
+ZeRO-3). A slow integration test (~2.5 minutes on 2 cores): one run of the script, shared by the module; every
+phase prints exactly one PASS/FAIL line.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.distributed  # launches DeepSpeed training runs (one pl
 # ZeRO-3 runs are tested in tests/training (three more launches here took ~40 s). Without the compiled run and the
 # bench phase (ACCEPT_COMPILE=0, ACCEPT_BENCH=0): tests/training/test_train_compile.py trains compiled, and
 # tests/test_bench.py runs gpu_run.sh's dry run, which is all the bench phase runs
-PHASES = ["install", "train-z2", "resume-finished-z2", "resume-extend-z2", "export-z2", "predict-z2", "eval-gpu-z2"]
+PHASES = ["install", "train-z2", "resume-finished-z2", "resume-extend-z2", "export-z2", "predict-z2", "eval-gpu-z2",
+          "plan"]
 MUST_PASS = PHASES
 LINE = re.compile(r"^(PASS|FAIL) (\S+) \((.*)\)$")
 
@@ -95,3 +97,25 @@ def test_outputs(accept):
     assert evaluated["tasks"] == json.loads((out / "runs" / "z2" / "results.json").read_text())["test"]["tasks"]
     assert f"deepspeed {metadata.version('deepspeed')}" in (out / "environment.txt").read_text()
 
+
+def test_plan_phase_checks_both_stages_against_the_engine(accept):
+    """The plan phase (benchmarks/plan_check.py, here on the CPU allocator) checked ZeRO-2 and ZeRO-3 (its own
+    ACCEPT_PLAN_STAGES, not ACCEPT_STAGES) at the dry run's micro-batch, each within 15 % of the measured peak."""
+    out, proc, lines = accept
+    result = json.loads((out / "plan-check.json").read_text())
+    assert result["passed"] is True and result["tolerance"] == 0.15, result
+    settings = result["settings"]
+    assert (settings["backbone"], settings["precision"], settings["micro_batch"]) == ("preset:t5-tiny", "bf16", 8)
+    assert settings["source_length"] == 64 and settings["tasks"] == ["rte", "cb"], settings
+    assert [s["zero_stage"] for s in result["stages"]] == [2, 3]
+    log = (out / "plan.log").read_text()
+    for s in result["stages"]:
+        assert s["pass"] and abs(s["planned_peak"] - s["measured_peak"]) <= 0.15 * s["measured_peak"], s
+        assert s["planned_peak"] == s["plan_bytes"]["total"] - s["plan_bytes"]["allowance"]
+        # the reduce bucket (DeepSpeed's 5e8 elements, allocated whole) dominates a tiny model's peak
+        assert s["measured_peak"] > s["plan_bytes"]["buffers"] > 0, s
+        assert f"PASS ZeRO-{s['zero_stage']}: plan " in log and s["line"] in log
+    acts = result["activations"]
+    assert abs(acts["planned"] - acts["measured"]) <= 0.05 * acts["measured"], acts
+    accept_log = (out / "accept.log").read_text()
+    assert "plan: PASS ZeRO-2" in accept_log and "plan: PASS ZeRO-3" in accept_log, accept_log[-3000:]

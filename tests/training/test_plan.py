@@ -9,10 +9,15 @@
   events, within 5 %), with and without gradient checkpointing.
 - The recommendation: a replicated backbone (ZeRO 0-2) where it fits, ZeRO-3 where only sharding fits.
 - ``hyperscale plan``: bad input is one line and exit 2; ``--json`` has the documented shape.
+- ``benchmarks/plan_check.py`` (the GPU acceptance script's plan phase; end to end in tests/test_gpu_accept.py):
+  its verdict (tolerance, the message on FAIL) on made-up numbers, and its CPU meter's accounting on known
+  allocations.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,6 +50,7 @@ from training_helpers import launch, log_tail
 
 HERE = Path(__file__).resolve().parent
 PROBE = HERE / "plan_probe.py"
+PLAN_CHECK = HERE.parents[1] / "benchmarks" / "plan_check.py"
 CONFIGS = [f"z{stage}-{precision}" for stage in range(4) for precision in ("fp32", "bf16")]
 STATES = ("frozen", "trainable", "master", "gradients", "optimizer")
 
@@ -236,3 +242,60 @@ def test_text_output(capsys):
     code, out, err = _cli(capsys, "--gpus-per-node", "1", "--gpu-memory", "80GiB")
     assert code == 0, err
     assert "memory plan: preset:t5-tiny" in out and "ZeRO-3 + offload" in out and "recommended: ZeRO-" in out
+
+
+# ------------------------------------------------------------------------------- benchmarks/plan_check.py
+@pytest.fixture(scope="module")
+def plan_check():
+    """benchmarks/plan_check.py as a module (a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("hyperscale_bench_plan_check", PLAN_CHECK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_plan_check_verdict(plan_check):
+    MiB = 2**20
+    per = {**{k: 0 for k in CATEGORIES}, "activations": 7 * GiB, "buffers": GiB, "allowance": ALLOWANCE_BYTES}
+    per["total"] = sum(v for k, v in per.items() if k != "total")
+    assert plan_check.planned_peak(per) == 8 * GiB  # max_memory_allocated never holds the allowance
+
+    v = plan_check.Verdict("ZeRO-2", 10 * GiB, 9 * GiB)
+    assert v.ok and round(v.ratio, 3) == 1.111
+    assert v.line() == "PASS ZeRO-2: plan 10.00 GiB, measured 9.00 GiB, plan/measured 1.11 (within 15 %)"
+    # the tolerance is of the measured peak, its bound included
+    assert plan_check.Verdict("ZeRO-3", 115 * MiB, 100 * MiB).ok
+    assert plan_check.Verdict("ZeRO-3", 85 * MiB, 100 * MiB).ok
+    over = plan_check.Verdict("ZeRO-3", 116 * MiB, 100 * MiB)
+    assert not over.ok
+    assert over.line() == ("FAIL ZeRO-3: plan 0.11 GiB, measured 0.10 GiB, plan/measured 1.16: the plan overstates "
+                           "the peak by 16 % (tolerance 15 %)")
+    under = plan_check.Verdict("ZeRO-2", 8 * GiB, 10 * GiB, tolerance=0.1)
+    assert not under.ok and under.line().endswith("the plan understates the peak by 20 % (tolerance 10 %)")
+    nothing = plan_check.Verdict("ZeRO-2", 8 * GiB, 0)
+    assert not nothing.ok and "nothing was measured" in nothing.line()
+
+
+def test_plan_check_cpu_meter_counts_the_allocator(plan_check):
+    """Allocated bytes relative to the stage's start: after the build, the peak over the steps, between steps."""
+    MiB = 2**20
+    earlier = torch.empty(3 * MiB, dtype=torch.uint8)  # allocated before the stage: neither counted nor its free
+    meter = plan_check.CpuMeter()
+    with meter.stage():
+        with meter.build():
+            weights = torch.empty(MiB, dtype=torch.uint8)
+            del earlier
+        with meter.steps():
+            kept = []
+            for _ in range(2):
+                activations = torch.empty(4 * MiB, dtype=torch.uint8)
+                kept.append(torch.empty(MiB // 2, dtype=torch.uint8))
+                del activations
+                meter.step_done()
+    m = meter.result
+    assert (m.after_build, m.peak, m.after_steps) == (MiB, 6 * MiB, 2 * MiB), m
+    assert weights.numel() == MiB and len(kept) == 2
