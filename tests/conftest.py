@@ -1,6 +1,17 @@
-"""Markers and process-wide hygiene shared by the whole suite."""
-import pytest
-import torch
+"""Markers and process-wide hygiene shared by the whole suite; puts the checkout and this folder on ``sys.path``
+(plain ``pytest`` from a source checkout imports ``hyperscale``, and every test imports ``helpers``)."""
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+for _p in (str(TESTS.parent), str(TESTS)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from helpers import find_free_port, saved_env  # noqa: E402
 
 # DeepSpeed's ZeRO-3 (zero.Init, also inside deepspeed.initialize at stage 3) replaces torch.nn.functional.linear
 # with its own autograd Function for the rest of the process ("This will persist unless manually reset"). A
@@ -39,18 +50,12 @@ def world1_group():
 
     import deepspeed
 
-    from hyperscale.launch import find_free_port
     from hyperscale.training import distributed as hdist
 
     hdist.leave()
-    port = find_free_port()
-    saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    deepspeed.init_distributed()
-    yield
-    hdist.leave()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with saved_env():
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(find_free_port()))
+        deepspeed.init_distributed()
+        yield
+        hdist.leave()

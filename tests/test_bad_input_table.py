@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import TINY
 from hyperscale import HyperscaleError, HyperscaleModel, load_config
 from hyperscale.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "tiny-cpu.yaml"
 
 # ---------------------------------------------------------------------------------------------- run configs
 CONFIG_CASES = [

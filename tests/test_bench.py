@@ -12,19 +12,15 @@ import argparse
 import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from hyperscale import bench  # noqa: E402
-from hyperscale.bench import rows as bench_rows  # noqa: E402
+from helpers import REPO, run_env, saved_env
+from hyperscale import bench
+from hyperscale.bench import rows as bench_rows
 
 PLAIN = ["floor", "hyperformer++", "adapters", "lora", "finetune"]
 DEEPSPEED = ["ds-zero0", "ds-zero2", "ds-zero3"]
@@ -33,15 +29,9 @@ EVAL_FIELDS = ("task", "n", "batch", "labels", "rank_ms_per_example", "generate_
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
-               TOKENIZERS_PARALLELISM="false", DS_ACCELERATOR="cpu")
-    # DeepSpeed JIT-builds its CPU shm comm op once per cache (~40 s cold): one cache per virtualenv
-    env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):  # the benchmark sets its own
-        env.pop(key, None)
-    return env
+    """A launched process's environment (helpers.run_env: offline, CPU DeepSpeed, no rank variables: the
+    benchmark sets its own)."""
+    return run_env()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,15 +42,10 @@ def _leaves_no_process_group():
 
     from hyperscale.training import distributed as hdist
 
-    env = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     levels = {n: logging.getLogger(n).level for n in ("DeepSpeed", "deepspeed")}
-    yield
-    hdist.leave()
-    for k, v in env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with saved_env():
+        yield
+        hdist.leave()
     for n, level in levels.items():
         logging.getLogger(n).setLevel(level)
 

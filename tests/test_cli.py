@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from helpers import REPO
 
 SUBCOMMANDS = ("train", "eval", "export", "predict", "params")
 RTE_INPUTS = ["sentence1: A man is playing a guitar on stage. sentence2: A person plays an instrument.",

@@ -1,7 +1,11 @@
 """Bad input meets one handler everywhere: ``hyperscale train`` and ``python -m hyperscale.train`` (one process,
 and two ranks started as srun starts them: plain processes with RANK/WORLD_SIZE set) print the same single
 ``hyperscale: error: ...`` line, once, with no traceback, and exit with status 2. The inputs are what a new user
-gets wrong: config keys and values, config files, task names, data and backbone paths, run directories."""
+gets wrong: config keys and values, config files, task names, data and backbone paths, run directories.
+
+The one-process cases of each entry point run one after another in one process (its ``main(argv)``, see
+helpers.run_cases): the handler is under test, not the interpreter's start-up; the two-rank cases are real
+launches."""
 from __future__ import annotations
 
 import subprocess
@@ -11,11 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "training"))
-from training_helpers import TINY, run_env  # noqa: E402
-
-from hyperscale.launch import find_free_port  # noqa: E402
+from helpers import REPO, TINY, find_free_port, run_cases, run_env
 
 pytestmark = pytest.mark.distributed
 
@@ -59,38 +59,47 @@ def scratch(tmp_path_factory) -> Path:
     return tmp
 
 
-def _launch(mode: str, args: list[str], out: Path) -> tuple[list[int], str]:
+def _with_run_dir(args: list[str], out: Path) -> list[str]:
+    if any(a.startswith("output_dir=") for a in args):
+        return args
+    return [*args, f"output_dir={out / 'run'}"]  # each launch its own run directory
+
+
+def _two_ranks(args: list[str]) -> tuple[list[int], str]:
     env = run_env()
-    if not any(a.startswith("output_dir=") for a in args):  # each launch its own run directory
-        args = [*args, f"output_dir={out / 'run'}"]
-    if mode == "hyperscale-train":
-        cmds = [[sys.executable, "-m", "hyperscale.cli", "train", *args]]
-        envs = [env]
-    elif mode == "python-m-train":
-        cmds, envs = [[sys.executable, "-m", "hyperscale.train", *args]], [env]
-    else:
-        port = str(find_free_port())
-        cmds = [[sys.executable, "-m", "hyperscale.train", *args]] * 2
-        envs = [dict(env, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-                for r in range(2)]
-    procs = [subprocess.Popen(c, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for c, e in zip(cmds, envs)]
+    port = str(find_free_port())
+    envs = [dict(env, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+            for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-m", "hyperscale.train", *args], cwd=REPO, env=e,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for e in envs]
     texts = [p.communicate(timeout=240)[0] for p in procs]
     return [p.returncode for p in procs], "".join(texts)
 
 
+def _one_process(mode: str, jobs: dict, workdir: Path) -> dict:
+    """Every case of a one-process mode in one plain process (helpers.run_cases): ``python -m hyperscale.train``
+    is ``hyperscale.train.main(argv)``, ``hyperscale train`` is ``hyperscale.cli.main(["train", *argv])``; each case
+    still gets a fresh run directory and its own output (one process start-up instead of 17)."""
+    module, prefix = {"python-m-train": ("hyperscale.train", []), "hyperscale-train": ("hyperscale.cli", ["train"])}[mode]
+    cases = {case_id: (module, [*prefix, *args]) for (case_id, m), (args, _) in jobs.items() if m == mode}
+    return {(case_id, mode): ([rc], text) for case_id, (rc, text) in run_cases(cases, workdir / mode).items()}
+
+
 @pytest.fixture(scope="module")
 def outcomes(scratch: Path) -> dict:
+    """The one-process modes in two processes, at the same time as the two-rank launches (one at a time)."""
     jobs = {}
     for case_id, args, _ in CASES:
         for mode in _modes(case_id):
             out = scratch / f"{case_id}-{mode}"
             out.mkdir()
-            concrete = [a.replace("{tmp}", str(scratch)) for a in args]
-            jobs[(case_id, mode)] = (concrete, out)
+            jobs[(case_id, mode)] = (_with_run_dir([a.replace("{tmp}", str(scratch)) for a in args], out), out)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {key: pool.submit(_launch, key[1], list(a), out) for key, (a, out) in jobs.items()}
-        return {key: f.result() for key, f in futures.items()}
+        one = [pool.submit(_one_process, mode, jobs, scratch) for mode in ("python-m-train", "hyperscale-train")]
+        two = {key: pool.submit(_two_ranks, args) for key, (args, _) in jobs.items() if key[1] == "two-ranks"}
+        results = {k: v for f in one for k, v in f.result().items()}
+        results.update({key: f.result() for key, f in two.items()})
+    return results
 
 
 RUNS = [(c, m) for c in CASES for m in _modes(c[0])]

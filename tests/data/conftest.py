@@ -2,14 +2,11 @@
 absent), the shipped sample, the shipped tokenizer and a scratch cache dir."""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # let plain `pytest` run from a source checkout
-    sys.path.insert(0, str(REPO))
+from helpers import REPO
 
 
 def shared_data_path() -> Path:

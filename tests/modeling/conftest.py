@@ -1,13 +1,6 @@
-"""Modeling tests: make a source checkout importable under plain `pytest`."""
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+"""Modeling tests: one thread per test (the checkout and tests/ are on ``sys.path`` through tests/conftest.py)."""
+import pytest
+import torch
 
 
 @pytest.fixture(autouse=True)

@@ -29,9 +29,10 @@ from typing import Optional
 
 import pytest
 
+from helpers import REPO, wait_until
+
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[2]
 CONFIG = os.environ.get("HYPERSCALE_SLURM_TEST_CONFIG", "configs/tiny-cpu.yaml")
 STEPS = int(os.environ.get("HYPERSCALE_SLURM_TEST_STEPS", "12"))
 CKPT_EVERY = max(1, STEPS // 3)
@@ -185,6 +186,18 @@ class Job:
         assert found, f"no trainer process of rank {rank} in job {self.id}"
         return min(found)  # the trainer itself, not a data-loader worker it forked later
 
+    def processes(self) -> list[int]:
+        """pids of every process of this job still running on this host (both nodes are this host)."""
+        tag = f"SLURM_JOB_ID={self.id}".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                if entry.isdigit() and tag in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                    found.append(int(entry))
+            except OSError:
+                continue
+        return found
+
     def cancel(self) -> None:
         subprocess.run(["scancel", self.id], env=self.env, capture_output=True, timeout=30)
 
@@ -289,7 +302,9 @@ def test_plain_scancel_is_not_requeued(env, tmp_path, jobs):
                          timeout=30)
     assert out.returncode == 0, out.stderr
     job.wait_done(timeout=60)
-    time.sleep(2)  # a wrongful requeue would show up here
+    # only the job's own trainer can ask for a requeue (scontrol requeue, before it exits): once SLURM records the
+    # job as ended and none of its processes is left, the decision has been made and recorded; polled, no fixed wait
+    wait_until(lambda: not job.processes(), timeout=60, what=f"the processes of job {job.id} to end")
     info = job.info()
     assert (info.get("JobState"), info.get("Restarts")) == ("CANCELLED", "0"), (
         f"{info.get('JobState')} restarts={info.get('Restarts')}\n{job.log_text()[-4000:]}")

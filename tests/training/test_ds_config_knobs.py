@@ -4,15 +4,14 @@ setdefault under templates that already set them, so a user's value was silently
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
+from helpers import TINY
 from hyperscale.errors import ConfigError
 from hyperscale.training.config import load_config
 from hyperscale.training.ds_config import build_ds_config
 
-TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny-cpu.yaml"
 KNOBS = {"allgather_bucket_size": 12_345_678, "reduce_bucket_size": 23_456_789, "overlap_comm": True}
 USED = {1: set(KNOBS), 2: set(KNOBS), 3: {"reduce_bucket_size", "overlap_comm"}}
 

@@ -11,13 +11,12 @@ import torch
 import yaml
 
 import hyperscale.data.specs as specs_mod
+from helpers import TINY
 import hyperscale.training.config as config_mod
 from hyperscale.errors import ConfigError
 from hyperscale.modeling.config import ARCH_FIELDS, CONFIG_NAME, ArchConfig, HyperscaleConfig
 from hyperscale.training.config import CONFIG_DIR, ModelConfig, RunConfig, load_config
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "configs" / "tiny-cpu.yaml"
 SHIPPED_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REPO, TINY
 from hyperscale.training.config import CONFIG_DIR, ConfigError, RunConfig, load_config
 from hyperscale.training.ds_config import DS_CONFIG_DIR, build_ds_config, template_path
 from hyperscale.training.geometry import batch_geometry
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "configs" / "tiny-cpu.yaml"
 
 SHIPPED_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 SHIPPED_DS_CONFIGS = sorted(DS_CONFIG_DIR.glob("*.json"))

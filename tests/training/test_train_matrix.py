@@ -95,8 +95,12 @@ def launch_once(configs: list[str], base: Path, sources: dict[str, Path], summar
         proc = subprocess.Popen(cmd, cwd=REPO, env=run_env(), stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         t0 = time.time()
-        while proc.poll() is None:
-            time.sleep(1)
+        while True:
+            try:  # the watchdog looks every second; the launch's end is seen at once
+                proc.wait(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
             summary = read_summary(summary_path)
             started = summary.get("started")
             stuck = started is not None and time.time() - started > PER_CONFIG_TIMEOUT_S

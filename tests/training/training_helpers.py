@@ -1,68 +1,18 @@
-"""Launch and share real training runs for the trainer tests (used by conftest.py and the tests)."""
+"""Share real training runs between the trainer tests (used by conftest.py and the tests); launching, paths and
+the launched environment come from tests/helpers.py."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "configs" / "tiny-cpu.yaml"
+from helpers import REPO, TINY, launch, log_tail, run_env  # noqa: F401 - also this module's names for its importers
+
 DRIVER = Path(__file__).resolve().parent / "recipe_driver.py"
-LAUNCH_TIMEOUT_S = 300
-
-
-def run_env() -> dict:
-    """The environment of a launched run: CPU DeepSpeed, one thread per rank, offline, this checkout first."""
-    env = dict(os.environ)
-    venv_ext = REPO / ".venv" / "torch_ext"
-    if "TORCH_EXTENSIONS_DIR" not in env and venv_ext.is_dir():
-        env["TORCH_EXTENSIONS_DIR"] = str(venv_ext)  # DeepSpeed's compiled shm op (40 s to rebuild)
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
-        env.pop(var, None)  # a plain process must pick its own single-process rendezvous
-    for var in [v for v in env if v.startswith(("SLURM_", "PMI_", "OMPI_"))]:
-        env.pop(var)  # not a task of some outer job
-    return env
-
-
-def launch(target: list[str], args: list[str], nproc: int, log: Path,
-           timeout: int = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """Run ``target`` (``["-m", "hyperscale.train"]`` or ``[script]``) with ``args``: under
-    ``torchrun --standalone`` for 2+ processes, as a plain ``python`` process for one."""
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               *(["--module", target[1]] if target[0] == "-m" else target), *args]
-    else:
-        cmd = [sys.executable, *target, *args]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        # its own process group, so that a hung run is stopped with all its ranks
-        proc = subprocess.Popen(cmd, cwd=REPO, env=run_env(), stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise RuntimeError(f"timed out after {timeout} s: {' '.join(cmd)}\n{log_tail(log)}") from None
-    return subprocess.CompletedProcess(cmd, rc)
-
-
-def log_tail(log: Path, n: int = 60) -> str:
-    lines = [ln for ln in log.read_text(errors="replace").splitlines() if "it/s]" not in ln and "examples/s]" not in ln]
-    return "\n".join(lines[-n:])
 
 
 @dataclass

@@ -1,0 +1,48 @@
+"""``python tests/case_driver.py CASES.json RESULT.json``: run entry-point calls one after another in this process
+(see helpers.run_cases). CASES.json is ``{name: [module, argv, log]}``: ``module.main(argv)`` runs with its
+stdout and stderr (file descriptors 1 and 2, so that C-level and subprocess output is caught too) sent to ``log``;
+RESULT.json gets ``{name: exit status}`` (an exception that escapes ``main`` counts as status 1, its traceback
+in that case's log)."""
+import importlib
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+
+def run_case(module: str, argv: list, log: str) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "w") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            rc = importlib.import_module(module).main(argv)
+        except SystemExit as e:  # argparse's --help, or a main that exits itself
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:  # noqa: BLE001 - reported as the case's failure, the next case still runs
+            traceback.print_exc()
+            rc = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+    return rc
+
+
+def main() -> None:
+    cases = json.loads(Path(sys.argv[1]).read_text())
+    codes = {}
+    for name, (module, argv, log) in cases.items():
+        codes[name] = run_case(module, argv, log)
+        print(f"case {name}: exit {codes[name]}", flush=True)
+    Path(sys.argv[2]).write_text(json.dumps(codes))
+
+
+if __name__ == "__main__":
+    main()

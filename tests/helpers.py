@@ -1,0 +1,123 @@
+"""What every part of the suite shares: the checkout's paths, the environment of a launched process, launching
+(one process, several entry-point calls in one process, or torchrun), the environment saved and restored around
+in-process work, and waiting for a condition by polling it (never a fixed sleep).
+
+Importable as ``helpers`` from any test (tests/conftest.py puts this folder on ``sys.path``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional, TypeVar
+
+from hyperscale.launch import find_free_port
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+TINY = CONFIG_DIR / "tiny-cpu.yaml"
+LAUNCH_TIMEOUT_S = 300
+RANK_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+CASE_DRIVER = Path(__file__).resolve().parent / "case_driver.py"
+
+__all__ = ["CONFIG_DIR", "RANK_VARS", "REPO", "TINY", "find_free_port", "launch", "log_tail", "run_cases", "run_env",
+           "saved_env", "wait_until"]
+
+T = TypeVar("T")
+
+
+def run_env() -> dict:
+    """The environment of a launched run: CPU DeepSpeed, one thread per rank, offline, this checkout first."""
+    env = dict(os.environ)
+    venv_ext = REPO / ".venv" / "torch_ext"
+    if "TORCH_EXTENSIONS_DIR" not in env and venv_ext.is_dir():
+        env["TORCH_EXTENSIONS_DIR"] = str(venv_ext)  # DeepSpeed's compiled shm op (40 s to rebuild)
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    for var in (*RANK_VARS, "TORCHELASTIC_RUN_ID"):
+        env.pop(var, None)  # a plain process must pick its own single-process rendezvous
+    for var in [v for v in env if v.startswith(("SLURM_", "PMI_", "OMPI_"))]:
+        env.pop(var)  # not a task of some outer job
+    return env
+
+
+def launch(target: list[str], args: list[str], nproc: int, log: Path,
+           timeout: int = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run ``target`` (``["-m", "hyperscale.train"]`` or ``[script]``) with ``args``: under
+    ``torchrun --standalone`` for 2+ processes, as a plain ``python`` process for one."""
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               *(["--module", target[1]] if target[0] == "-m" else target), *args]
+    else:
+        cmd = [sys.executable, *target, *args]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        # its own process group, so that a hung run is stopped with all its ranks
+        proc = subprocess.Popen(cmd, cwd=REPO, env=run_env(), stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise RuntimeError(f"timed out after {timeout} s: {' '.join(cmd)}\n{log_tail(log)}") from None
+    return subprocess.CompletedProcess(cmd, rc)
+
+
+def run_cases(cases: dict[str, tuple[str, list[str]]], workdir: Path,
+              timeout: int = LAUNCH_TIMEOUT_S) -> dict[str, tuple[int, str]]:
+    """Several entry-point calls in one plain process, one after another: ``{name: (module, argv)}`` runs
+    ``module.main(argv)`` (``hyperscale.train`` for ``python -m hyperscale.train``, ``hyperscale.cli`` for
+    ``hyperscale``) with its own stdout and stderr; returns ``{name: (exit status, output)}``. One process
+    start-up (torch, DeepSpeed, transformers: 6-10 s) instead of one per case, where what is under test is what
+    the call says and does, not the launch; a case also proves the one before it left no process-wide state."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec, result, log = workdir / "cases.json", workdir / "cases.rc.json", workdir / "cases.log"
+    spec.write_text(json.dumps({name: [module, [str(a) for a in argv], str(workdir / f"{name}.log")]
+                                for name, (module, argv) in cases.items()}))
+    proc = launch([str(CASE_DRIVER)], [str(spec), str(result)], 1, log, timeout=timeout)
+    if proc.returncode != 0 or not result.is_file():
+        raise RuntimeError(f"the case driver failed (exit {proc.returncode}):\n{log_tail(log)}")
+    codes = json.loads(result.read_text())
+    return {name: (codes[name], (workdir / f"{name}.log").read_text()) for name in cases}
+
+
+def log_tail(log: Path, n: int = 60) -> str:
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if "it/s]" not in ln and "examples/s]" not in ln]
+    return "\n".join(lines[-n:])
+
+
+@contextlib.contextmanager
+def saved_env(*names: str) -> Iterator[None]:
+    """Environment variables ``names`` (default: the rank variables) as they were before the block, after it."""
+    names = names or RANK_VARS
+    saved = {k: os.environ.get(k) for k in names}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def wait_until(condition: Callable[[], Optional[T]], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``condition`` until it returns something truthy (returned) or ``timeout`` seconds pass (an
+    AssertionError naming ``what``): waiting as long as needed and no longer, never a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
