@@ -13,7 +13,8 @@ from .errors import ArgumentParser, run_main
 from .training.config import load_config, split_config_arg
 from .training.host_memory import return_large_blocks_eagerly
 from .training.logging import quiet_known_noise
-from .training.recipe import Recipe, format_results
+from .training.recipe import Recipe
+from .training.results import format_results
 
 __all__ = ["Recipe", "build_arg_parser", "format_results", "main", "run"]
 

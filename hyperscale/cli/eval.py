@@ -12,13 +12,13 @@ import json
 import sys
 
 from ..data.loading import load_multitask_splits
-from ..data.metrics import average_metrics, compute_task_metrics
+from ..data.metrics import average_metrics
 from ..data.specs import registry_for_export
 from ..data.tasks import DEFAULT_STSB_GRID
 from ..errors import ConfigError
 from ..experiments.chance import constant_predictor_scores, metric_name
 from ..modeling.io import read_config
-from ..training.evaluate import predict_task
+from ..training.evaluate import first_rows, score_task
 from ..training.export import inference_device, load_export, read_export_info
 
 # settings of an export that records none (flag -> value): what this command used before exports recorded them
@@ -92,15 +92,10 @@ def run(args: argparse.Namespace) -> int:
     inputs_to = next(model.parameters()).device  # the model's device (the first GPU of one spread over several)
     per_task, chance, examples = {}, {}, {}
     for task in tasks:
-        ds = splits[task][args.split]
-        if n is not None:
-            ds = ds.select(range(min(n, len(ds))))
+        ds = first_rows(splits[task][args.split], n)
         spec = registry.get(task)
-        labels = spec.rank_labels()
-        preds = predict_task(model, tokenizer, task, ds["source"], mode=s["mode"], label_strings=labels,
-                             max_target_tokens=spec.max_target_length + 1, batch_size=s["batch_size"],
-                             device=inputs_to, max_source_length=s["max_source_length"])
-        per_task[task] = compute_task_metrics(spec, preds, ds["target"])
+        per_task[task] = score_task(model, tokenizer, spec, task, ds, mode=s["mode"], batch_size=s["batch_size"],
+                                    device=inputs_to, max_source_length=s["max_source_length"])
         chance[task] = constant_predictor_scores(spec, ds["target"])
         examples[task] = len(ds)
     result = {args.split: {"step": info.get("step"), "tasks": per_task, "average": average_metrics(per_task)}}

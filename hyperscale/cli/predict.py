@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..data.specs import registry_for_export
-from ..training.evaluate import predict_task
+from ..training.evaluate import predict_for_task
 from ..training.export import load_export, read_export_info
 from .eval import FALLBACK
 
@@ -37,16 +37,16 @@ def run(args: argparse.Namespace) -> int:
     texts = list(args.texts)
     if model.config.method == "finetune":  # trained with the task-name prefix (data.tasks.format_source)
         texts = [t if t.startswith(spec.name + " ") else f"{spec.name} {t}" for t in texts]
-    labels = spec.rank_labels()
-    preds = predict_task(model, tokenizer, args.task, texts, mode=args.mode, label_strings=labels,
-                         max_target_tokens=args.max_new_tokens or spec.max_target_length + 1, batch_size=32,
-                         device=next(model.parameters()).device,
-                         max_source_length=rec.get("max_source_length", FALLBACK["max_source_length"]))
+    preds = predict_for_task(model, tokenizer, spec, args.task, texts, mode=args.mode, batch_size=32,
+                             device=next(model.parameters()).device,
+                             max_source_length=rec.get("max_source_length", FALLBACK["max_source_length"]),
+                             max_target_tokens=args.max_new_tokens)
     for text, pred in zip(args.texts, preds):
         if spec.is_regression and not _is_number(pred):  # shown raw and flagged, never an empty column
             print(f"{pred!r}\t(not a number: the output cannot be read as a score)\t{text}")
             continue
-        name = spec.label_names[int(pred)] if labels and pred.isdigit() and int(pred) < len(spec.label_names) else ""
+        name = (spec.label_names[int(pred)] if spec.rank_labels() and pred.isdigit() and int(pred) < len(spec.label_names)
+                else "")
         print(f"{pred}\t{name}\t{text}" if name else f"{pred}\t{text}")
     return 0
 

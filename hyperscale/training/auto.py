@@ -1,6 +1,7 @@
 """The run settings that resolve to numbers once the world size and the device are known: ``train.micro_batch_size:
 auto`` and ``deepspeed.zero_stage: auto`` (what they become is described in :mod:`hyperscale.training.geometry`),
-with the memory plan (:mod:`hyperscale.training.plan`) where a bound on memory is needed."""
+with the memory plan (:mod:`hyperscale.training.plan`) where a bound on memory is needed; and ``train.cpu_threads: 0``
+(auto), the intra-op threads of a CPU rank (:func:`cpu_threads`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -107,3 +108,19 @@ def resolve_auto(cfg: RunConfig, world: int, device_type: str, local_ranks: int 
         notes.append(f"train.micro_batch_size=auto -> {geometry.micro_batch_size}: the largest divisor of the {per} "
                      f"examples per rank ({bound}); {geometry}")
     return Resolved(_with(cfg, geometry.micro_batch_size, stage, offload, sharded), geometry, tuple(notes))
+
+
+# ------------------------------------------------------------------------------------------ CPU threads
+AUTO_CPU_THREADS_MAX = 2  # measured: benchmarks/NOTES.md (CPU threads)
+
+
+def cpu_threads(setting: int, world: int) -> int:
+    """``train.cpu_threads`` as a number of intra-op threads per rank; 0 (auto): the cores other work leaves idle
+    (by the 1-minute load average), shared by this machine's ranks, at most AUTO_CPU_THREADS_MAX. Thread pools that
+    outnumber the idle cores are ten times slower (benchmarks/NOTES.md, CPU threads)."""
+    if setting:
+        return setting
+    cores = len(os.sched_getaffinity(0))
+    idle = max(1, cores - int(os.getloadavg()[0] + 0.5))
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or min(world, cores)
+    return max(1, min(AUTO_CPU_THREADS_MAX, idle // max(1, local_ranks)))

@@ -25,22 +25,19 @@ stores other classes.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import importlib
 import json
 import os
 import re
 import shutil
-import socket
-import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from ..atomic import write_text_atomic
-from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, RunExistsError
+from ..errors import CheckpointError, CheckpointNotFoundError
 from . import distributed as hdist
 from .state import TrainState, rng_state, set_rng_state
 
@@ -169,70 +166,6 @@ def newest_usable(ckpt_root: Path) -> tuple[Optional[str], list[str]]:
         except CheckpointError as e:
             skipped.append(str(e))
     return None, skipped
-
-
-# ------------------------------------------------------------------------------------------- the run
-LOCK = ".hyperscale.lock"
-
-
-class RunLock:
-    """An exclusive lock on ``output_dir`` held for as long as it stays open (at most the process's life): a
-    second run started in the same directory fails at once, naming the one that holds it.
-
-    :meth:`close` ends a run that did its work. :meth:`abandon` ends one refused during its set-up and leaves the
-    directory as it found it: the lock file's previous text back (a finished run refused again keeps its record),
-    or, where this run created them, the lock file and the then-empty directories gone."""
-
-    def __init__(self, output_dir: Path):
-        self.output_dir = output_dir
-        self.created = [d for d in (output_dir, *output_dir.parents) if not d.exists()]  # deepest first
-        path = output_dir / LOCK
-        self.previous: Optional[str] = path.read_text() if path.is_file() else None
-        try:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            self.file: Any = path.open("a+")
-        except OSError as e:
-            raise ConfigError(f"output_dir {output_dir} cannot be written ({e.strerror}); choose another output_dir "
-                              "or fix its permissions") from None
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise RunExistsError(f"output_dir {output_dir} is in use by another run ({holder}); wait for it to end, "
-                                 "or choose another output_dir") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        self.file.flush()
-
-    def close(self) -> None:
-        if not self.file.closed:
-            self.file.close()
-
-    def abandon(self) -> None:
-        """Undo what taking the lock wrote (while still holding it), then release it."""
-        if self.file.closed:
-            return
-        if self.previous is None:
-            (self.output_dir / LOCK).unlink(missing_ok=True)
-        else:
-            self.file.seek(0)
-            self.file.truncate()
-            self.file.write(self.previous)
-            self.file.flush()
-        self.file.close()
-        for d in self.created:  # deepest first; a directory that now holds anything stays
-            try:
-                d.rmdir()
-            except OSError:
-                break
-
-
-def lock_run_dir(output_dir: Path) -> RunLock:
-    """Take ``output_dir``'s run lock (:class:`RunLock`)."""
-    return RunLock(output_dir)
 
 
 # ------------------------------------------------------------------------------------------- save

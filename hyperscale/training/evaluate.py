@@ -4,15 +4,20 @@ Rank classification scores every label string of a task (total log-likelihood of
 given the source) and picks the best: no invalid outputs, one encoder pass and one decoder pass
 over ``batch x labels`` rows. Generation decodes greedily up to the task's longest target.
 Under ZeRO-3 every rank runs the same number of forwards (``synced_gpus``).
+
+:func:`predict_for_task` and :func:`score_task` are the one evaluation of the trainer, ``hyperscale eval`` and
+``hyperscale predict``: the same labels, target length and source cut for a task wherever it is evaluated.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..data.metrics import compute_task_metrics
+from ..data.tasks import Task
 from ..modeling.context import adapter_context
 from ..modeling.model import HyperscaleModel
 from . import distributed as hdist
@@ -85,3 +90,50 @@ def predict_task(model: HyperscaleModel, tokenizer: Any, task: str, sources: Seq
     if world > 1:
         preds = [p for part in hdist.all_gather_object(preds) for p in part]
     return preds[:n]
+
+
+def predict_for_task(model: HyperscaleModel, tokenizer: Any, spec: Task, task: str, sources: Sequence[str], *,
+                     mode: str, batch_size: int, device: torch.device, max_source_length: int,
+                     max_target_tokens: Optional[int] = None, synced_gpus: bool = False) -> list[str]:
+    """Predictions for ``sources`` of ``task`` (its :class:`~hyperscale.data.tasks.Task` ``spec``): rank
+    classification over the task's labels where it has them and ``mode`` is rank, else generation of up to
+    ``max_target_tokens`` (default: the task's longest target)."""
+    return predict_task(model, tokenizer, task, sources, mode=mode, label_strings=spec.rank_labels(),
+                        max_target_tokens=max_target_tokens or spec.max_target_length + 1, batch_size=batch_size,
+                        device=device, max_source_length=max_source_length, synced_gpus=synced_gpus)
+
+
+def first_rows(ds: Any, n: Optional[int]) -> Any:
+    """The first ``n`` rows of a split (all of them for None)."""
+    return ds if n is None else ds.select(range(min(n, len(ds))))
+
+
+def score_task(model: HyperscaleModel, tokenizer: Any, spec: Task, task: str, rows: Any, *, mode: str,
+               batch_size: int, device: torch.device, max_source_length: int, synced_gpus: bool = False) -> dict:
+    """The task's metrics on ``rows`` (a split's ``source`` and ``target`` columns)."""
+    preds = predict_for_task(model, tokenizer, spec, task, rows["source"], mode=mode, batch_size=batch_size,
+                             device=device, max_source_length=max_source_length, synced_gpus=synced_gpus)
+    return compute_task_metrics(spec, preds, rows["target"])
+
+
+def evaluate_split(model: HyperscaleModel, tokenizer: Any, registry: Any, data: dict, tasks: Sequence[str],
+                   split: str, *, mode: str, batch_size: int, max_examples: Optional[int], device: torch.device,
+                   max_source_length: int, synced_gpus: bool = False,
+                   on_task: Optional[Callable[[str, int, dict], None]] = None) -> tuple[dict, int]:
+    """Every task's metrics on the first ``max_examples`` rows of its ``split`` (``data``: task -> split -> rows;
+    ``registry``: the run's tasks), in eval mode; ``on_task(task, examples, metrics)`` after each task. Returns
+    (task -> metrics, examples evaluated)."""
+    was_training = model.training
+    model.eval()
+    per_task, n_examples = {}, 0
+    for task in tasks:
+        rows = first_rows(data[task][split], max_examples)
+        per_task[task] = score_task(model, tokenizer, registry.get(task), task, rows, mode=mode,
+                                    batch_size=batch_size, device=device, max_source_length=max_source_length,
+                                    synced_gpus=synced_gpus)
+        n_examples += len(rows)
+        if on_task is not None:
+            on_task(task, len(rows), per_task[task])
+    if was_training:
+        model.train()
+    return per_task, n_examples

@@ -16,6 +16,7 @@ import torch
 from hyperscale.errors import CheckpointError
 from hyperscale.launch import find_free_port
 from hyperscale.training import checkpoint as ckpt
+from hyperscale.training import rundir
 from hyperscale.training.recipe import Recipe
 from training_helpers import TINY, launch, log_tail
 
@@ -56,7 +57,7 @@ def test_a_diverging_run_stops_with_its_step_and_saves_nothing(tmp_path: Path):
 # -------------------------------------------------------------------------------------- one run per dir
 def test_a_second_run_in_the_same_output_dir_is_refused(tmp_path: Path):
     run = tmp_path / "busy"
-    holder = ckpt.lock_run_dir(run)  # this test process plays the first run
+    holder = rundir.lock_run_dir(run)  # this test process plays the first run
     try:
         rc, text = _train(run, tmp_path, name="second")
     finally:
