@@ -352,16 +352,17 @@ def test_shipped_example_loads_and_its_data_is_what_the_generator_writes(tmp_pat
 # label names). HyperFormer++ on a tiny random T5 (d_model 32, the real T5 vocabulary). Training stops once a
 # probe drawn from the *training* rows is answered perfectly with an answer NLL below LEARN_CONVERGED (or at
 # LEARN_MAX_STEPS), so the held-out thresholds do not depend on how fast a CPU's kernels get there.
-# Then the model is saved and `hyperscale adapt` adds a third spec task, equal to marker_neg, and trains only its
-# task embedding (``--train embedding``, the default ``--init mean``) on k = 32 of its examples: the hypernetwork
-# already knows both answers, the embedding has to find the one its data asks for. The new embedding starts as the
-# mean of the trained two, which answers like marker_pos (asserted: below 50 % on marker_neg's data), so the score
-# has to rise. Measured 2026-12-03 (held-out accuracy of the new task before -> after 40 steps at lr 3e-2):
-# avx512 ... ; avx2 ... ; default ... . Why not a random init: most of the embedding space (random vectors, the zero
-# vector) is where the hypernetwork answers like marker_pos, confidently; from there the answer's gradient is tiny
-# and points away from marker_neg's embedding (1500 steps at lr 3e-2 stayed at 0-8 %), while from the mean, between
-# the trained two, it points at it (about 20 steps). At the embedded default run's lr 3e-3 (200 steps, batch 16)
-# the same adapt reached 78 %: an embedding-only run needs a higher lr (README "Few-shot transfer").
+# Then the model is saved and `hyperscale adapt` adds a third spec task and trains only its task embedding
+# (``--train embedding``, the default ``--init mean``) on k = 32 of its examples: the hypernetwork already knows both
+# answers, the embedding has to find the one its data asks for. The new embedding starts as the mean of the trained
+# two, which answers like one of them (which one depends on the CPU's kernels), so the third task is made equal to
+# the other: its held-out accuracy has to rise from below 50 % to >= 90 %. Measured 2026-12-03, accuracy before ->
+# after 40 steps at lr 3e-2 (ATEN_CPU_CAPABILITY): avx512, equal to marker_neg, 13.5 -> 100.0; avx2, marker_neg,
+# 11.1 -> 99.6; default, marker_pos, 2.1 -> 98.4. Why the mean and not a random init: most of the embedding space
+# (random vectors, the zero vector) is where the hypernetwork confidently gives one task's answers; from there the
+# gradient is tiny and points away from the other task's embedding (1500 steps at lr 3e-2 stayed at 0-8 %), while
+# from the mean, between the trained two, it points at it. At the embedded default run's lr 3e-3 (200 steps, batch
+# 16) the same adapt reached 78 %: an embedding-only run needs a higher lr (README "Experiments: few-shot transfer").
 FILLERS = ("apple river stone cloud green house table music light paper water horse bread chair glass field "
            "dream silver winter garden candle forest yellow basket mirror pencil rocket violin desert island").split()
 MARKER_WORD = "zebra"
@@ -457,8 +458,8 @@ def test_two_spec_tasks_with_opposite_answers_are_learnt_and_hyperscale_adapt_fi
     root.mkdir()
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _marker_rows(2000, seed=1)))
     (root / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _marker_rows(1024, seed=2)))
-    specs = [_marker_spec("marker_pos", "pos"), _marker_spec("marker_neg", "neg"), _marker_spec("marker_again", "neg")]
-    files = [str(write_spec(root, f"{s['name']}.yaml", s)) for s in specs]
+    files = [str(write_spec(root, f"{s['name']}.yaml", s)) for s in (_marker_spec("marker_pos", "pos"),
+                                                                        _marker_spec("marker_neg", "neg"))]
     registry = build_registry(task_files=files)
     names = ["marker_pos", "marker_neg"]
     splits = load_multitask_splits(names, None, registry=registry)
@@ -492,27 +493,34 @@ def test_two_spec_tasks_with_opposite_answers_are_learnt_and_hyperscale_adapt_fi
         source = tmp_path / "export"
         model.save_pretrained(source)
 
-        # where adapt starts: the new task's embedding is the mean of the trained two (--init mean)
-        new = load_multitask_splits(["marker_again"], None, registry=registry, n_train=ADAPT_K, subset_seed=0)
+        # where adapt starts: the new task's embedding is the mean of the trained two (--init mean); the new task
+        # is the one of the two that this embedding does not answer like, so its accuracy has to rise
         model.add_task("marker_again", init="mean")
+        like_pos = _held_out(model, registry, splits, "marker_pos", query="marker_again")
+        column = "neg" if like_pos >= 50 else "pos"
+        equal_to = f"marker_{column}"
+        files.append(str(write_spec(root, "marker_again.yaml", _marker_spec("marker_again", column))))
+        registry = build_registry(task_files=files)
+        new = load_multitask_splits(["marker_again"], None, registry=registry, n_train=ADAPT_K, subset_seed=0)
         start = _held_out(model, registry, new, "marker_again")
     finally:
         torch.set_num_threads(before)
-    assert start < ADAPT_START_BELOW, start  # it answers like marker_pos: the embedding has somewhere to go
+    assert start < ADAPT_START_BELOW, (equal_to, start)
 
     out = tmp_path / "adapt"
     res = _cli("adapt", source, "--tasks", "marker_again", "--k", ADAPT_K, "--seeds", "1", "--train", "embedding",
-               "--init", "mean", "--out", out, "--config", TINY, "--keep-exports", f"data.task_files={json.dumps(files)}",
-               "data.max_source_length=32", "data.max_target_length=4", "data.n_val=null", "data.n_test=null",
+               "--init", "mean", "--out", out, "--config", TINY, "--keep-exports",
+               f"data.task_files={json.dumps(files)}", "data.max_source_length=32", "data.max_target_length=4",
+               "data.n_val=null", "data.n_test=null",
                f"train.max_steps={ADAPT_STEPS}", f"train.lr={ADAPT_LR}", "train.warmup_steps=0",
                f"train.global_batch_size={ADAPT_K}", "deepspeed.zero_stage=0", "checkpoint.every_steps=0",
                "eval.splits=[test]", "eval.batch_size=256", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     [row] = json.loads((out / "results.json").read_text())["rows"]
     assert (row["new_task"], row["k"], row["metric"]) == ("marker_again", ADAPT_K, "accuracy")
-    print(f"[spec adapt] hyperscale adapt, k={ADAPT_K}, {ADAPT_STEPS} steps: held-out accuracy "
-          f"{start:.1f} -> {row['score']:.1f}")
-    assert row["score"] >= ADAPT_PASS, (start, row["score"])
+    print(f"[spec adapt] hyperscale adapt of a task equal to {equal_to}, k={ADAPT_K}, {ADAPT_STEPS} steps: held-out "
+          f"accuracy {start:.1f} -> {row['score']:.1f}")
+    assert row["score"] >= ADAPT_PASS, (equal_to, start, row["score"])
     # only the new task's embedding moved: the hypernetwork, T5's layer norms and the trained tasks' embeddings held
     adapted = out / row["dir"] / "export"
     assert read_config(adapted).tasks == [*names, "marker_again"]
