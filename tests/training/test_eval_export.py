@@ -3,18 +3,20 @@ metric of every task, exactly: the export's ``export.json`` records what the tra
 n_test, source length, STS-B grid, mode, batch size, precision) and eval uses it. Two real short runs, one plain
 process each: the tiny CPU config with settings the old fixed defaults did not match (split seed 7, 48 source
 tokens, 16 test examples, STS-B generation on a 0.1 grid) and the embedded default (configs/default.yaml: bf16,
-rank classification, validation and test). Plus the device, dtype and bad-input handling of eval and predict."""
+rank classification, validation and test). Plus the device, dtype and bad-input handling of eval and predict.
+Both runs train one after another in one process (helpers.run_cases); eval and predict run in this process
+(``hyperscale.cli.main``, their output caught at the file descriptors): what they say, not a launch, is tested."""
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from training_helpers import REPO, TINY, launch, log_tail, run_env
+from helpers import REPO, TINY, run_cases
+from hyperscale.cli import main
 
 pytestmark = pytest.mark.distributed  # launches DeepSpeed training runs (one plain process each)
 
@@ -29,26 +31,34 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("eval_export")
-    out = {}
-    for name, args in RUNS.items():
-        run, log = base / name, base / f"{name}.log"
-        proc = launch(["-m", "hyperscale.train"], [*args, f"output_dir={run}"], 1, log)
-        assert proc.returncode == 0, f"{name}: exit {proc.returncode}\n{log_tail(log)}"
-        out[name] = run
+    out = {name: base / name for name in RUNS}
+    said = run_cases({name: ("hyperscale.train", [*args, f"output_dir={out[name]}"]) for name, args in RUNS.items()},
+                     base / "logs")
+    for name, (rc, text) in said.items():
+        assert rc == 0, f"{name}: exit {rc}\n{text[-3000:]}"
     return out
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hyperscale.cli", *args], cwd=REPO, env=run_env(),
-                          capture_output=True, text=True, timeout=300)
+def _cli(capfd: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
+    """``hyperscale ARGS`` in this process: exit status, stdout and stderr as a launch would give them, on one
+    thread as a launched process has (helpers.run_env: OMP_NUM_THREADS=1), so that scores compare exactly."""
+    threads = torch.get_num_threads()
+    capfd.readouterr()
+    torch.set_num_threads(1)
+    try:
+        rc = main(list(args))
+    finally:
+        torch.set_num_threads(threads)
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["hyperscale", *args], rc, out, err)
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_eval_of_the_export_equals_the_runs_test_scores(runs, name):
+def test_eval_of_the_export_equals_the_runs_test_scores(runs, capfd, name):
     run = runs[name]
     trained = json.loads((run / "results.json").read_text())["test"]
     info = json.loads((run / "export" / "export.json").read_text())
-    proc = _cli("eval", str(run / "export"), "--json")
+    proc = _cli(capfd, "eval", str(run / "export"), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     evaluated = json.loads(proc.stdout)["test"]
     assert evaluated["tasks"] == trained["tasks"]  # every metric of every task, exactly
@@ -69,17 +79,17 @@ def test_export_json_records_the_runs_evaluation_settings(runs):
     assert (default["mode"], default["precision"], default["splits"]) == ("rank", "bf16", ["validation", "test"])
 
 
-def test_the_table_names_the_exports_step(runs):
-    proc = _cli("eval", str(runs["tiny"] / "export"), "--tasks", "rte", "--n", "4")
+def test_the_table_names_the_exports_step(runs, capfd):
+    proc = _cli(capfd, "eval", str(runs["tiny"] / "export"), "--tasks", "rte", "--n", "4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test (step 4):" in proc.stdout and "step export" not in proc.stdout
 
 
 @NO_CUDA
 @pytest.mark.parametrize("command", ["eval", "predict"])
-def test_device_cuda_without_cuda_is_one_line_and_exit_2(runs, command):
+def test_device_cuda_without_cuda_is_one_line_and_exit_2(runs, capfd, command):
     extra = ["--task", "rte", "sentence1: a sentence2: b"] if command == "predict" else []
-    proc = _cli(command, str(runs["tiny"] / "export"), "--device", "cuda", *extra)
+    proc = _cli(capfd, command, str(runs["tiny"] / "export"), "--device", "cuda", *extra)
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hyperscale: error: --device cuda"), proc.stderr
@@ -90,8 +100,6 @@ def test_device_cuda_without_cuda_is_one_line_and_exit_2(runs, command):
                                          (["--n", "-1"], "--n must be at least 1"),
                                          (["--n", "0"], "--n must be at least 1")])
 def test_bad_sizes_are_one_line_and_exit_2(runs, capsys, flags, says):
-    from hyperscale.cli import main
-
     assert main(["eval", str(runs["tiny"] / "export"), *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("hyperscale: error: " + says), err
