@@ -5,8 +5,9 @@
 # under ZeRO-2, `--resume auto` on the finished run (must exit 0, train nothing, leave an export), a
 # second resume with train.max_steps=40 (10 more steps), `hyperscale export` + `hyperscale predict` of
 # that ZeRO-2 run, `hyperscale eval` of that export on the GPU (its test scores must equal the run's
-# results.json exactly), the memory plan checked against the trainer's engine (`plan`: benchmarks/plan_check.py,
-# t5-base at micro-batch 64 under ZeRO-2 and ZeRO-3: the plan's per-GPU peak less its allowance against
+# results.json exactly), the memory plan checked against the trainer's engine (`plan`: benchmarks/plan_check.py
+# on the README's plan-table row, configs/glue-t5-base.yaml with t5-base, 8 tasks, micro-batch 64, 128 + 8
+# tokens, under ZeRO-2 and ZeRO-3: the plan's per-GPU peak less its allowance against
 # torch.cuda.max_memory_allocated over 3 real steps, each stage within 15 %), the ZeRO-2 train again with
 # train.compile=true, the same train + resumes under ZeRO-3, then the benchmark table (gpu_run.sh) in the time
 # that is left. Phases, in order: install train-z2 resume-finished-z2 resume-extend-z2 export-z2 predict-z2
@@ -43,7 +44,9 @@
 # Per-phase timeouts: ACCEPT_TIMEOUT_INSTALL (120) ACCEPT_TIMEOUT_TRAIN (150) ACCEPT_TIMEOUT_RESUME (120)
 # ACCEPT_TIMEOUT_EXPORT (90) ACCEPT_TIMEOUT_PREDICT (90) ACCEPT_TIMEOUT_EVAL (90)
 # ACCEPT_TIMEOUT_TRAIN_COMPILED (240) ACCEPT_TIMEOUT_PLAN (150). ACCEPT_PLAN (1; 0 leaves the plan phase out)
-# ACCEPT_PLAN_STAGES ("2 3") ACCEPT_PLAN_BATCH (64 [8]: micro-batch = global batch, the README's t5-base plan row)
+# ACCEPT_PLAN_CONFIG (configs/glue-t5-base.yaml, with ACCEPT_BACKBONE, ACCEPT_PRECISION, ACCEPT_SRC_LEN, 8 target
+# tokens as the README's table, then ACCEPT_TASKS/ACCEPT_OVERRIDES as overrides) ACCEPT_PLAN_STAGES ("2 3")
+# ACCEPT_PLAN_BATCH (64 [8]: micro-batch = global batch, the README's t5-base plan row)
 # ACCEPT_PLAN_STEPS (3 [2]) ACCEPT_PLAN_TOLERANCE (0.15, of the measured peak). ACCEPT_COMPILE
 # (1; 0 leaves train-compiled-z2 out) ACCEPT_COMPILE_BACKEND (inductor [aot_eager: no minute of CPU codegen]).
 # ACCEPT_BENCH (1; 0 leaves the bench phase out).
@@ -300,8 +303,8 @@ print("" if (e["step"], e["tasks"]) == (r["step"], r["tasks"]) else
 }
 
 # ------------------------------------------------------------------------------------------ plan
-# benchmarks/plan_check.py: the plan of this config (backbone, precision, source length, tasks) at micro-batch
-# ACCEPT_PLAN_BATCH on one GPU against the trainer's engine, each stage of ACCEPT_PLAN_STAGES in one process
+# benchmarks/plan_check.py: the plan of ACCEPT_PLAN_CONFIG (this run's backbone, precision, source length, tasks)
+# at micro-batch ACCEPT_PLAN_BATCH on one GPU against the trainer's engine, each of ACCEPT_PLAN_STAGES in one process
 plan_check_cmd() {  # exit 0 once plan-check.json is written (check_plan judges it); else plan_check.py's status
   "$PY" "$REPO/benchmarks/plan_check.py" "$@"
   local rc=$?
@@ -325,9 +328,10 @@ plan_phase() {
   export -f plan_check_cmd
   export PY OUT REPO
   # shellcheck disable=SC2086  # ACCEPT_PLAN_STAGES is a list of stages
-  phase plan "${ACCEPT_TIMEOUT_PLAN:-150}" check_plan bash -c 'plan_check_cmd "$@"' plan_check_cmd "$CONFIG" \
+  phase plan "${ACCEPT_TIMEOUT_PLAN:-150}" check_plan bash -c 'plan_check_cmd "$@"' plan_check_cmd \
+      "${ACCEPT_PLAN_CONFIG:-$REPO/configs/glue-t5-base.yaml}" \
       "model.backbone=$BACKBONE" "train.precision=$PRECISION" "data.max_source_length=$SRC_LEN" \
-      "${USER_OVERRIDES[@]}" --device "$DEVICE" --stages ${ACCEPT_PLAN_STAGES:-2 3} \
+      "data.max_target_length=8" "${USER_OVERRIDES[@]}" --device "$DEVICE" --stages ${ACCEPT_PLAN_STAGES:-2 3} \
       --batch "${ACCEPT_PLAN_BATCH:-64}" --steps "${ACCEPT_PLAN_STEPS:-3}" \
       --tolerance "${ACCEPT_PLAN_TOLERANCE:-0.15}" --out "$OUT"
 }

@@ -21,17 +21,20 @@ Measured, per stage, relative to what was allocated before the stage began:
   per-GPU total less its allowance (``plan.ALLOWANCE_BYTES``, which stands for the CUDA context and the caching
   allocator's reserved-but-free memory: neither is an allocated tensor, so ``max_memory_allocated`` never sees
   them). This is the check: PASS when ``|plan - measured| <= tolerance x measured``.
-- ``after_build``: allocated once the engine is built, against the plan's frozen + trainable weights, fp32 masters
-  and Adam states (informational: the build's own fp32 module, cast to bf16 by DeepSpeed, is gone by then; a
-  stage that allocates gradients or buckets at build shows them here);
-- ``after_steps``: allocated between steps (activations freed), against the plan's model states and buffers
-  (informational: ZeRO 1-2 free their reduce buckets after backward);
-- CUDA only: the peak reserved by the caching allocator and the device memory in use outside it (the CUDA context),
-  against the allowance (informational).
+- ``after_build`` and ``between_steps`` (informational): allocated once the engine is built (the build's fp32
+  module, cast by DeepSpeed, is gone by then) and after the last step (activations freed), each against two of the
+  plan's sums: the weights, fp32 masters and Adam states every stage keeps (``planned_kept``; ZeRO 1-2 hold just
+  these between steps, their optimizer states appear at the first step), and those with the gradients and
+  buffers (``planned_all_held``; ZeRO-3 keeps its reduce bucket and gradient partitions, allocated at build);
+- ``step_peaks`` (CUDA): the peak of each step; the peak reserved by the caching allocator and the device memory
+  in use outside it (the CUDA context), against the allowance (informational);
+- ``activations`` (informational, once): one step of the plain model in the run's precision on the device's
+  kernels under the tracker the plan runs on fake tensors, against the plan's activations.
 
-Output: one line per stage on stdout, ``PASS ZeRO-2: plan 8.56 GiB, measured 8.31 GiB, plan/measured 1.03 (within
-15 %)`` or ``FAIL ...`` saying by how much the plan over- or understates the peak; ``--out DIR/plan-check.json``
-(settings, environment, and per stage the plan's categories, the measurements, the ratio and the verdict). Exit 0
+Output: one line per stage on stdout, of the form ``PASS ZeRO-2: plan 8.56 GiB, measured 8.31 GiB, plan/measured
+1.03 (within 15 %)`` or ``FAIL ...`` saying by how much the plan over- or understates the peak;
+``--out DIR/plan-check.json`` (settings, environment, and per stage the plan's categories, the measurements, the
+ratio and the verdict). Exit 0
 only when every stage is within the tolerance, 1 otherwise, 2 on bad input (one ``hyperscale: error:`` line).
 
 Without CUDA (``--device cpu``: the dry run of ``benchmarks/gpu_accept.sh``, a tiny backbone) the same steps are
@@ -421,7 +424,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"  activations: the measurement failed: {activations['error']}", file=sys.stderr, flush=True)
         del e
     result = {"passed": all(passed), "tolerance": args.tolerance,
-              "settings": {"backbone": cfg.model.backbone, "method": cfg.model.method,
+              "settings": {"config": str(path) if path else "embedded default",
+                           "backbone": cfg.model.backbone, "method": cfg.model.method,
+                           "reduction_factor": cfg.model.reduction_factor,
                            "precision": cfg.train.precision, "micro_batch": args.batch, "steps": args.steps,
                            "tasks": list(cfg.data.tasks), "source_length": cfg.data.max_source_length,
                            "target_length": cfg.data.max_target_length,

@@ -106,7 +106,8 @@ def test_plan_phase_checks_both_stages_against_the_engine(accept):
     assert result["passed"] is True and result["tolerance"] == 0.15, result
     settings = result["settings"]
     assert (settings["backbone"], settings["precision"], settings["micro_batch"]) == ("preset:t5-tiny", "bf16", 8)
-    assert settings["source_length"] == 64 and settings["tasks"] == ["rte", "cb"], settings
+    assert (settings["source_length"], settings["target_length"], settings["tasks"]) == (64, 8, ["rte", "cb"]), settings
+    assert settings["config"].endswith("configs/glue-t5-base.yaml") and settings["reduction_factor"] == 32  # README's
     assert [s["zero_stage"] for s in result["stages"]] == [2, 3]
     log = (out / "plan.log").read_text()
     for s in result["stages"]:
