@@ -31,7 +31,7 @@ from hyperscale.training.config import CONFIG_DIR, load_config
 from hyperscale.training.ds_config import DS_CONFIG_DIR, build_ds_config
 from hyperscale.training.auto import resolve_auto
 from hyperscale.training.geometry import CPU_MICRO_BATCH_CAP, batch_geometry, per_rank_batch
-from training_helpers import REPO, TINY, launch, log_tail, run_env
+from helpers import REPO, TINY, launch, log_tail, run_env
 
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
 WORLDS = (1, 2, 8, 16, 32)

@@ -27,7 +27,7 @@ from hyperscale.cli import main as cli_main
 from hyperscale.errors import CheckpointError, HyperscaleError, RunExistsError
 from hyperscale.modeling.model import HyperscaleModel
 from hyperscale.training import export as export_mod
-from training_helpers import TINY, launch, log_tail
+from helpers import TINY, launch, log_tail
 
 TASKS = ["rte", "cb"]
 RTE_TEXTS = ["sentence1: A man is playing a guitar. sentence2: A person plays an instrument.",

@@ -46,7 +46,7 @@ from hyperscale.training.plan import (
     zero_settings,
 )
 from plan_probe import probe, run_config
-from training_helpers import launch, log_tail
+from helpers import launch, log_tail
 
 HERE = Path(__file__).resolve().parent
 PROBE = HERE / "plan_probe.py"

@@ -10,7 +10,7 @@ import pytest
 
 from hyperscale.training.recipe import Recipe
 from hyperscale.training.config import ConfigError, load_config
-from training_helpers import TINY, launch, log_tail
+from helpers import TINY, launch, log_tail
 
 pytestmark = pytest.mark.distributed  # needs a finished run
 

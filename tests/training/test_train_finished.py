@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training_helpers import TINY, launch, log_tail
+from helpers import TINY, launch, log_tail
 
 pytestmark = pytest.mark.distributed
 

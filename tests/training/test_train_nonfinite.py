@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training_helpers import TINY, launch
+from helpers import TINY, launch
 
 pytestmark = pytest.mark.distributed
 NAN_DRIVER = Path(__file__).resolve().parent / "nan_driver.py"

@@ -120,7 +120,7 @@ def test_no_rank_holds_a_whole_frozen_weight_at_t5_small_size(tmp_path):
 
     from hyperscale.modeling.io import load_backbone
     from hyperscale.modeling.model import HyperscaleModel
-    from training_helpers import launch, log_tail
+    from helpers import launch, log_tail
 
     torch.manual_seed(0)
     backbone, _ = load_backbone("preset:t5-small")
