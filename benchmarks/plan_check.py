@@ -48,6 +48,7 @@ import contextlib
 import gc
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -80,6 +81,7 @@ JSON_NAME = "plan-check.json"
 KEPT = ("frozen", "trainable", "master", "optimizer")  # held by every stage between steps
 ALL_HELD = ("frozen", "trainable", "master", "gradients", "optimizer", "buffers")  # the most it can hold then
 _TORCH_LINEAR = torch.nn.functional.linear
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
 
 
 # ------------------------------------------------------------------------------------------------ the verdict
@@ -385,7 +387,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg = load_config(path, [*overrides, f"train.global_batch_size={args.batch}",
                              f"train.micro_batch_size={args.batch}"])
     device = torch.device(args.device)
-    ensure_single_process_dist(device.type)
+    saved = {k: os.environ.get(k) for k in DIST_ENV}
+    had_group = torch.distributed.is_initialized()
+    try:  # the one-process group it starts and its variables last as long as the check
+        ensure_single_process_dist(device.type)
+        result = check(args, path, cfg, device)
+    finally:
+        if not had_group:
+            leave_process_group()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / JSON_NAME).write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if result["passed"] else 1
+
+
+def check(args: Any, path: Optional[str], cfg: RunConfig, device: torch.device) -> dict:
+    """Plan once, measure each stage, return what goes into the JSON (the lines are printed as they come)."""
     started = time.monotonic()
     plan = make_plan(cfg, 1, 1, None if device.type == "cuda" else 80 * GiB)
     planned_s = time.monotonic() - started
@@ -423,7 +446,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         activations["error"] = f"{type(e).__name__}: {e}"
         print(f"  activations: the measurement failed: {activations['error']}", file=sys.stderr, flush=True)
         del e
-    result = {"passed": all(passed), "tolerance": args.tolerance,
+    return {"passed": all(passed), "tolerance": args.tolerance,
               "settings": {"config": str(path) if path else "embedded default",
                            "backbone": cfg.model.backbone, "method": cfg.model.method,
                            "reduction_factor": cfg.model.reduction_factor,
@@ -435,12 +458,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                            else "cpu allocator (profiler memory events)"},
               "environment": _environment(device), "plan_seconds": round(planned_s, 1), "stages": stages,
               "activations": activations}
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / JSON_NAME).write_text(json.dumps(result, indent=1) + "\n")
-    leave_process_group()
-    return 0 if result["passed"] else 1
 
 
 if __name__ == "__main__":
