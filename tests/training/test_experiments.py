@@ -1,7 +1,10 @@
 """``hyperscale adapt`` (few-shot transfer) and ``hyperscale sweep`` (low-resource), on the shipped sample.
 
-A HyperFormer++ and a finetune model are trained on rte and mrpc (tiny CPU config, 12 steps) and exported; then
+A HyperFormer++ and a finetune model are trained on rte and mrpc (tiny CPU config, 3 steps) and exported; then
 cb is added by few-shot transfer. Each run of the grid is a real (short) training run launched as a user would.
+The one-process commands run one after another in one process (``hyperscale.cli.main(argv)``, see
+helpers.run_cases: one start-up of torch and DeepSpeed instead of one per command); the two-rank ones are real
+torchrun launches.
 The reports (tables that name every metric beside a constant predictor's score, ± only over 2+ seeds; plots) are
 also checked on made-up rows, without training.
 """
@@ -15,43 +18,62 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import TINY, launch, run_cases
 from hyperscale.experiments import grid, report, sweep
 from hyperscale.experiments.chance import constant_predictor_scores
 from hyperscale.modeling.io import read_config
-from training_helpers import TINY, launch
 
 pytestmark = pytest.mark.distributed
 FAST = ["deepspeed.zero_stage=0", "train.max_steps=3", "train.warmup_steps=1", "eval.max_examples=8",
         "checkpoint.every_steps=0"]
 
 
-def _cli(args: list[str], log: Path) -> tuple[int, str]:
-    proc = launch(["-m", "hyperscale.cli"], args, 1, log)
-    return proc.returncode, log.read_text()
+def _cli_cases(cases: dict[str, list[str]], workdir: Path) -> dict[str, tuple[int, str]]:
+    """``hyperscale ARGS`` for each case, one after another in one process: ``{name: (exit status, output)}``."""
+    return run_cases({name: ("hyperscale.cli", args) for name, args in cases.items()}, workdir)
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory) -> dict[str, Path]:
+def commands(tmp_path_factory) -> dict:
+    """Every one-process command of this module but the rerun (which must follow the checks of the first adapt
+    run), in order in one process: the two source models, the adapt grid, a refused adapt, an adapt that also
+    trains hypernetwork and norms, and a sweep run twice. ``{name: (exit status, output)}`` plus the paths."""
+    root = tmp_path_factory.mktemp("experiments")
+    sources = {method: root / method / "export" for method in ("hyperformer++", "finetune")}
+    paths = {"root": root, "sources": sources, "adapt": root / "adapt" / "exp", "refused": root / "refused",
+             "hypernet": root / "hypernet", "sweep": root / "sweep"}
+    sweep_args = ["sweep", str(TINY), "--methods", "hyperformer++,adapters", "--n-train", "8,16", "--seeds", "1",
+                  "--out", str(paths["sweep"]), "data.tasks=[mrpc,cb]", *FAST]
+    cases = {f"train-{method}": ["train", str(TINY), f"output_dir={root / method}", f"model.method={method}",
+                                 "data.tasks=[rte,mrpc]", *FAST] for method in sources}
+    cases.update({
+        "adapt": ["adapt", str(sources["hyperformer++"]), "--tasks", "cb", "--k", "4,8", "--seeds", "2",
+                  "--train", "embedding", "--baseline", str(sources["finetune"]), "--out", str(paths["adapt"]),
+                  "--config", str(TINY), "--keep-exports", *FAST],
+        "refused": ["adapt", str(sources["hyperformer++"]), "--tasks", "rte", "--out", str(paths["refused"])],
+        "hypernet": ["adapt", str(sources["hyperformer++"]), "--tasks", "cb", "--k", "4", "--seeds", "1",
+                     "--train", "embedding+hypernet+norms", "--init", "rte", "--out", str(paths["hypernet"]),
+                     "--config", str(TINY), "--keep-checkpoints", "--keep-exports", *FAST],
+        "sweep": sweep_args,
+        "sweep-again": sweep_args,
+    })
+    return {"paths": paths, **_cli_cases(cases, root / "logs")}
+
+
+@pytest.fixture(scope="module")
+def sources(commands) -> dict[str, Path]:
     """Exports of multi-task models trained on rte and mrpc: HyperFormer++ and the finetune baseline."""
-    root = tmp_path_factory.mktemp("sources")
-    out = {}
     for method in ("hyperformer++", "finetune"):
-        run = root / method
-        rc, text = _cli(["train", str(TINY), f"output_dir={run}", f"model.method={method}", "data.tasks=[rte,mrpc]",
-                         *FAST], root / f"{method}.log")
+        rc, text = commands[f"train-{method}"]
         assert rc == 0, text[-3000:]
-        out[method] = run / "export"
-    return out
+    return commands["paths"]["sources"]
 
 
 @pytest.fixture(scope="module")
-def adapted(sources, tmp_path_factory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("adapt") / "exp"
-    rc, text = _cli(["adapt", str(sources["hyperformer++"]), "--tasks", "cb", "--k", "4,8", "--seeds", "2",
-                     "--train", "embedding", "--baseline", str(sources["finetune"]), "--out", str(out),
-                     "--config", str(TINY), "--keep-exports", *FAST], out.parent / "adapt.log")
+def adapted(sources, commands) -> tuple[Path, str]:
+    rc, text = commands["adapt"]
     assert rc == 0, text[-3000:]
-    return out, text
+    return commands["paths"]["adapt"], text
 
 
 CELLS = [f"{m}/cb/k{k}/seed{s}" for m in ("hyperformer++_embedding", "finetune") for k in (4, 8) for s in (0, 1)]
@@ -146,33 +168,33 @@ def test_a_finished_cell_keeps_results_and_export_but_not_checkpoints(adapted):
 def test_a_rerun_skips_finished_cells_and_runs_only_new_ones(sources, adapted, tmp_path):
     out, _ = adapted
     first = (out / "finetune" / "cb" / "k4" / "seed0" / "results.json").stat().st_mtime_ns
-    rc, text = _cli(["adapt", str(sources["hyperformer++"]), "--tasks", "cb", "--k", "4,8", "--seeds", "3",
-                     "--train", "embedding", "--baseline", str(sources["finetune"]), "--out", str(out),
-                     "--config", str(TINY), *FAST], tmp_path / "rerun.log")
+    said = _cli_cases({
+        "rerun": ["adapt", str(sources["hyperformer++"]), "--tasks", "cb", "--k", "4,8", "--seeds", "3",
+                  "--train", "embedding", "--baseline", str(sources["finetune"]), "--out", str(out),
+                  "--config", str(TINY), *FAST],
+        "other": ["adapt", str(sources["hyperformer++"]), "--tasks", "cb", "--k", "4", "--seeds", "1",
+                  "--train", "embedding", "--init", "random", "--out", str(out), "--config", str(TINY), *FAST],
+    }, tmp_path)
+    rc, text = said["rerun"]
     assert rc == 0, text[-3000:]
     assert "12 cells, 8 finished, 4 to run" in text
     assert sum(ln.startswith("cell ") for ln in text.splitlines()) == 4
     assert (out / "finetune" / "cb" / "k4" / "seed0" / "results.json").stat().st_mtime_ns == first
     assert all(s["n"] == 3 for s in json.loads((out / "results.json").read_text())["summary"])
     # other fixed settings in the same directory: refused, nothing run
-    rc, text = _cli(["adapt", str(sources["hyperformer++"]), "--tasks", "cb", "--k", "4", "--seeds", "1",
-                     "--train", "embedding", "--init", "random", "--out", str(out), "--config", str(TINY), *FAST],
-                    tmp_path / "other.log")
+    rc, text = said["other"]
     assert rc == 2 and "holds another experiment (" in text and "init: 'mean' there, 'random' now" in text, text[-2000:]
 
 
-def test_adapt_refuses_a_task_the_export_already_has(sources, tmp_path):
-    rc, text = _cli(["adapt", str(sources["hyperformer++"]), "--tasks", "rte", "--out", str(tmp_path / "x")],
-                    tmp_path / "log")
+def test_adapt_refuses_a_task_the_export_already_has(sources, commands):
+    rc, text = commands["refused"]
     assert rc == 2 and "rte: already a task of" in text
-    assert not (tmp_path / "x").exists()
+    assert not commands["paths"]["refused"].exists()
 
 
-def test_adapt_with_hypernet_and_norms_keeps_the_frozen_backbone_and_old_tasks(sources, tmp_path):
-    out = tmp_path / "exp"
-    rc, text = _cli(["adapt", str(sources["hyperformer++"]), "--tasks", "cb", "--k", "4", "--seeds", "1",
-                     "--train", "embedding+hypernet+norms", "--init", "rte", "--out", str(out),
-                     "--config", str(TINY), "--keep-checkpoints", "--keep-exports", *FAST], tmp_path / "log")
+def test_adapt_with_hypernet_and_norms_keeps_the_frozen_backbone_and_old_tasks(sources, commands):
+    out = commands["paths"]["hypernet"]
+    rc, text = commands["hypernet"]
     assert rc == 0, text[-3000:]
     before = _weights(sources["hyperformer++"])
     cell = out / "hyperformer++_embedding+hypernet+norms" / "cb" / "k4" / "seed0"
@@ -185,11 +207,9 @@ def test_adapt_with_hypernet_and_norms_keeps_the_frozen_backbone_and_old_tasks(s
     assert read_config(export).backbone_hash == read_config(sources["hyperformer++"]).backbone_hash
 
 
-def test_sweep_writes_table_and_plot_and_skips_finished_cells(tmp_path):
-    out = tmp_path / "sweep"
-    args = ["sweep", str(TINY), "--methods", "hyperformer++,adapters", "--n-train", "8,16", "--seeds", "1",
-            "--out", str(out), "data.tasks=[mrpc,cb]", *FAST]
-    rc, text = _cli(args, tmp_path / "sweep.log")
+def test_sweep_writes_table_and_plot_and_skips_finished_cells(commands):
+    out = commands["paths"]["sweep"]
+    rc, text = commands["sweep"]
     assert rc == 0, text[-3000:]
     data = json.loads((out / "results.json").read_text())
     assert {(r["method"], r["n_train"], r["task"], r["metric"]) for r in data["rows"]} == {
@@ -214,7 +234,7 @@ def test_sweep_writes_table_and_plot_and_skips_finished_cells(tmp_path):
     assert [ln for ln in text.splitlines() if ln.startswith("cell ")] == [
         ln for ln in text.splitlines() if "/seed0" in ln]  # one line per cell, nothing else names a cell
     assert sum(ln.startswith("cell ") for ln in text.splitlines()) == 4
-    rc, text = _cli(args, tmp_path / "again.log")
+    rc, text = commands["sweep-again"]  # the same command again, after the checks above held for the first run
     assert rc == 0 and "4 cells, 4 finished, 0 to run" in text
 
 
