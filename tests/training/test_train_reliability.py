@@ -1,7 +1,9 @@
 """Faults and damaged files: no fault loses work, no damaged file is used silently, no checkpoint runs code.
 
 Launches the tiny CPU config (one plain process, ZeRO-0, fp32) against copies of a finished run, plus unit checks
-of the rules the launches rely on."""
+of the rules the launches rely on. One-process runs whose launch is not under test run one after another in one
+process (``hyperscale.train.main``, helpers.run_cases): the refusals and the divergence in one, each damaged
+checkpoint's refused and falling-back resumes in one."""
 from __future__ import annotations
 
 import errno
@@ -13,12 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import REPO, TINY, find_free_port, launch, log_tail, run_cases, run_env, wait_until
+from hyperscale.cli import main
 from hyperscale.errors import CheckpointError
-from hyperscale.launch import find_free_port
 from hyperscale.training import checkpoint as ckpt
 from hyperscale.training import rundir
 from hyperscale.training.recipe import Recipe
-from training_helpers import TINY, launch, log_tail
+from training_helpers import RESUME_STEP, cut_run
 
 pytestmark = pytest.mark.distributed
 
@@ -30,11 +33,45 @@ def run_copy(runs, tmp_path) -> Path:
     return dst
 
 
-def _train(run: Path, tmp: Path, *extra: str, name: str = "train") -> tuple[int, str]:
-    log = tmp / f"{name}.log"
-    proc = launch(["-m", "hyperscale.train"], [str(TINY), f"output_dir={run}", "deepspeed.zero_stage=0", *extra],
-                  1, log, timeout=240)
-    return proc.returncode, log.read_text()
+def _train_cases(tmp: Path, cases: dict[str, tuple[Path, list[str]]]) -> dict[str, tuple[int, str]]:
+    """``python -m hyperscale.train`` of the tiny config at ZeRO-0 for each ``{name: (output_dir, extra args)}``,
+    one after another in one process: ``{name: (exit status, output)}``."""
+    return run_cases({name: ("hyperscale.train", [str(TINY), f"output_dir={run}", "deepspeed.zero_stage=0", *extra])
+                      for name, (run, extra) in cases.items()}, tmp / "cases", timeout=600)
+
+
+def _files(run: Path) -> list:
+    return sorted((p.relative_to(run).as_posix(), p.stat().st_size) for p in run.rglob("*") if p.is_file())
+
+
+# (override, what the one error line says, refused before any data is read)
+OTHER_SAMPLING = [
+    ("sampler.temperature=2.0", "sampler.temperature: 10.0 in the checkpoint, 2.0 now", True),
+    ("train.global_batch_size=16", "train.global_batch_size: 8 in the checkpoint, 16 now", True),
+    ("data.n_train=40", "sampler state was saved with another configuration", False),
+]
+
+
+@pytest.fixture(scope="module")
+def refusals(runs, tmp_path_factory) -> dict:
+    """The one-process launches that end at a refusal or a divergence, in one process: a diverging run, a second
+    run in a directory whose lock this test process holds, and a resume with other sampling settings per
+    OTHER_SAMPLING (each on its own copy of a finished run). ``{name: (exit status, output)}``, their output
+    dirs (``dirs``) and each copy's files before the resume (``before``)."""
+    tmp = tmp_path_factory.mktemp("refusals")
+    cases = {"diverged": (tmp / "diverged", ["train.lr=1e6"]), "second": (tmp / "busy", [])}
+    before = {}
+    for override, _, _ in OTHER_SAMPLING:
+        run = tmp / f"other-sampling-{len(before)}"
+        shutil.copytree(runs("fp32-z0-1p").dir, run)
+        before[override] = _files(run)
+        cases[override] = (run, [override, "train.max_steps=14", "--resume", "auto"])
+    holder = rundir.lock_run_dir(tmp / "busy")  # this test process plays the first run
+    try:
+        said = _train_cases(tmp, cases)
+    finally:
+        holder.close()
+    return {"dirs": {name: run for name, (run, _) in cases.items()}, "before": before, **said}
 
 
 def _error_lines(text: str) -> list[str]:
@@ -42,9 +79,9 @@ def _error_lines(text: str) -> list[str]:
 
 
 # -------------------------------------------------------------------------------------- divergence
-def test_a_diverging_run_stops_with_its_step_and_saves_nothing(tmp_path: Path):
-    run = tmp_path / "diverged"
-    rc, text = _train(run, tmp_path, "train.lr=1e6")
+def test_a_diverging_run_stops_with_its_step_and_saves_nothing(refusals):
+    run = refusals["dirs"]["diverged"]
+    rc, text = refusals["diverged"]
     assert rc == 2, text[-3000:]
     [line] = _error_lines(text)
     assert "the training loss became nan at step" in line and "lower train.lr" in line
@@ -55,13 +92,9 @@ def test_a_diverging_run_stops_with_its_step_and_saves_nothing(tmp_path: Path):
 
 
 # -------------------------------------------------------------------------------------- one run per dir
-def test_a_second_run_in_the_same_output_dir_is_refused(tmp_path: Path):
-    run = tmp_path / "busy"
-    holder = rundir.lock_run_dir(run)  # this test process plays the first run
-    try:
-        rc, text = _train(run, tmp_path, name="second")
-    finally:
-        holder.close()
+def test_a_second_run_in_the_same_output_dir_is_refused(refusals):
+    run = refusals["dirs"]["second"]  # its lock was held by this test process while the run started
+    rc, text = refusals["second"]
     assert rc == 2, text[-3000:]
     [line] = _error_lines(text)
     assert "is in use by another run (pid" in line and "choose another output_dir" in line
@@ -75,11 +108,13 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(run_copy: Path, 
     with optim.open("r+b") as f:  # 4 KiB of garbage in the middle
         f.seek(optim.stat().st_size // 2)
         f.write(b"\x5a" * 4096)
-    rc, text = _train(run_copy, tmp_path, "--resume", str(latest), name="explicit")
-    assert rc == 2 and "is corrupt" in _error_lines(text)[0] and optim.name in _error_lines(text)[0], text[-3000:]
     (run_copy / "results.json").unlink()  # (the resume re-runs step 12's evaluation)
-    rc, text = _train(run_copy, tmp_path, "--resume", "auto", name="auto")
-    assert rc == 0, log_tail(tmp_path / "auto.log")
+    said = _train_cases(tmp_path, {"explicit": (run_copy, ["--resume", str(latest)]),
+                                   "auto": (run_copy, ["--resume", "auto"])})
+    rc, text = said["explicit"]
+    assert rc == 2 and "is corrupt" in _error_lines(text)[0] and optim.name in _error_lines(text)[0], text[-3000:]
+    rc, text = said["auto"]
+    assert rc == 0, text[-3000:]
     assert "skipping a checkpoint" in text and "resumed from" in text and "step-00000008 at step 8" in text
     steps = [json.loads(ln)["step"] for ln in (run_copy / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))
@@ -99,14 +134,14 @@ def test_a_checkpoint_that_would_run_code_is_refused(run_copy: Path, tmp_path: P
     torch.save({"python": Payload()}, latest / "rng" / "rank-0.pt", pickle_module=pickle)
     # a careful attacker also rewrites the digests
     (latest / ckpt.COMPLETE).write_text(json.dumps({"version": 1, "files": ckpt._manifest(latest)}))
-    rc, text = _train(run_copy, tmp_path, "--resume", str(latest), name="explicit")
-    assert rc == 2 and "would run code" in _error_lines(text)[0] and "rank-0.pt" in text, text[-3000:]
-    from hyperscale.cli import main
-
     assert main(["export", str(latest), str(tmp_path / "export")]) == 2
-    # --resume auto does not load it either: it falls back to the previous checkpoint, saying why
     (run_copy / "results.json").unlink()
-    rc, text = _train(run_copy, tmp_path, "--resume", "auto", name="auto")
+    said = _train_cases(tmp_path, {"explicit": (run_copy, ["--resume", str(latest)]),
+                                   "auto": (run_copy, ["--resume", "auto"])})
+    rc, text = said["explicit"]
+    assert rc == 2 and "would run code" in _error_lines(text)[0] and "rank-0.pt" in text, text[-3000:]
+    # --resume auto does not load it either: it falls back to the previous checkpoint, saying why
+    rc, text = said["auto"]
     assert rc == 0 and "skipping a checkpoint" in text and "would run code" in text, text[-3000:]
     assert not marker.exists()
 
@@ -151,8 +186,6 @@ def test_a_damaged_export_is_refused(runs, tmp_path: Path, capsys):
 def test_resume_on_another_world_size_goes_through_a_universal_checkpoint(runs, tmp_path: Path, stage: int):
     """A 2-rank ZeRO-2/3 run cut at step 4 and resumed on one rank: DeepSpeed's universal format carries the
     optimizer state over, and the losses are the uninterrupted 2-rank run's (to the cross-world-size tolerance)."""
-    from training_helpers import RESUME_STEP, cut_run
-
     reference = runs(f"fp32-z{stage}")
     run = tmp_path / "one-rank"
     cut_run(reference.dir, run, RESUME_STEP)
@@ -192,9 +225,6 @@ def test_preemption_at_a_checkpoint_step_saves_once_and_resumes_exactly(runs, tm
     import signal
     import subprocess
     import sys
-    import time
-
-    from training_helpers import REPO, run_env
 
     run = tmp_path / "preempted"
     args = [str(TINY), f"output_dir={run}", "checkpoint.every_steps=1", "logging.every_steps=1"]
@@ -205,10 +235,9 @@ def test_preemption_at_a_checkpoint_step_saves_once_and_resumes_exactly(runs, tm
                                                                  WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                                                                  MASTER_PORT=port))
              for r in range(2)]
-    deadline = time.time() + 240
     log_file = run / "train_log.jsonl"
-    while time.time() < deadline and not (log_file.is_file() and len(log_file.read_text().splitlines()) >= 3):
-        time.sleep(0.05)
+    wait_until(lambda: log_file.is_file() and len(log_file.read_text().splitlines()) >= 3, timeout=240,
+               what=f"step 3 in {log_file}")
     for p in procs:
         os.kill(p.pid, signal.SIGUSR1)
     codes = [p.wait(timeout=240) for p in procs]
@@ -232,27 +261,17 @@ def test_preemption_at_a_checkpoint_step_saves_once_and_resumes_exactly(runs, tm
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
 
 
-@pytest.mark.parametrize("override, expected, before_data", [
-    ("sampler.temperature=2.0", "sampler.temperature: 10.0 in the checkpoint, 2.0 now", True),
-    ("train.global_batch_size=16", "train.global_batch_size: 8 in the checkpoint, 16 now", True),
-    ("data.n_train=40", "sampler state was saved with another configuration", False),
-])
-def test_resume_with_other_sampling_is_refused_before_the_model_is_built(runs, tmp_path: Path, override, expected,
+@pytest.mark.parametrize("override, expected, before_data", OTHER_SAMPLING)
+def test_resume_with_other_sampling_is_refused_before_the_model_is_built(refusals, override, expected,
                                                                          before_data):
     """The global batch of every step is a function of the sampler's settings and the task sizes: a resume that
     changes them is refused with one line before the model is built (the settings before any data is read), and
     the run directory is left as it was."""
-    run = tmp_path / "other-sampling"
-    shutil.copytree(runs("fp32-z0-1p").dir, run)
-    before = sorted((p.relative_to(run).as_posix(), p.stat().st_size) for p in run.rglob("*") if p.is_file())
-    log = tmp_path / "resume.log"
-    proc = launch(["-m", "hyperscale.train"], [str(TINY), f"output_dir={run}", "deepspeed.zero_stage=0", override,
-                                               "train.max_steps=14", "--resume", "auto"], 1, log, timeout=180)
-    text = log.read_text()
-    assert proc.returncode == 2, text[-3000:]
+    run = refusals["dirs"][override]
+    rc, text = refusals[override]
+    assert rc == 2, text[-3000:]
     [line] = _error_lines(text)
     assert expected in line, line
     assert "model:" not in text
     assert ("data:" not in text) == before_data
-    after = sorted((p.relative_to(run).as_posix(), p.stat().st_size) for p in run.rglob("*") if p.is_file())
-    assert after == before
+    assert _files(run) == refusals["before"][override]
