@@ -1,6 +1,7 @@
 """Runs that must be refused: a fresh run into a directory that holds a run (nothing overwritten),
-a resume with an incompatible configuration. End to end through the launchers, plus in-process
-checks of the variants."""
+a resume with an incompatible configuration. End to end through the entry points (``hyperscale train`` and
+``python -m hyperscale.train`` as ``main(argv)`` calls, one after another in one process: helpers.run_cases;
+launched processes and two ranks say the same in tests/test_errors.py), plus in-process checks of the variants."""
 from __future__ import annotations
 
 import shutil
@@ -10,7 +11,7 @@ import pytest
 
 from hyperscale.training.recipe import Recipe
 from hyperscale.training.config import ConfigError, load_config
-from helpers import TINY, launch, log_tail
+from helpers import TINY, run_cases
 
 pytestmark = pytest.mark.distributed  # needs a finished run
 
@@ -29,30 +30,35 @@ def _snapshot(d: Path) -> dict:
             if p.is_file() and p.name != ".hyperscale.lock"}  # the lock names the run holding it
 
 
-def test_fresh_run_into_an_existing_run_is_refused(existing_run: Path, tmp_path: Path):
+@pytest.fixture(scope="module")
+def refused(existing_run: Path, tmp_path_factory) -> dict:
+    """Both refusals, one after another in one process: a fresh run through the CLI (``hyperscale train``) and a
+    resume with other tasks (``python -m hyperscale.train``). ``{name: (exit status, output)}`` and the run's
+    snapshot before them (``before``)."""
     before = _snapshot(existing_run)
-    # through the CLI (`hyperscale train`) as a plain process
-    log = tmp_path / "fresh.log"
-    proc = launch(["-m", "hyperscale.cli"], ["train", str(TINY), f"output_dir={existing_run}",
-                                             "deepspeed.zero_stage=0"], 1, log, timeout=180)
-    assert proc.returncode == 2, log_tail(log)
-    text = log.read_text()
+    said = run_cases({
+        "fresh": ("hyperscale.cli", ["train", str(TINY), f"output_dir={existing_run}", "deepspeed.zero_stage=0"]),
+        "other-tasks": ("hyperscale.train", [str(TINY), f"output_dir={existing_run}", "deepspeed.zero_stage=0",
+                                             "data.tasks=[rte,cb,mrpc]", "--resume", "auto"]),
+    }, tmp_path_factory.mktemp("refused"))
+    return {"before": before, **said}
+
+
+def test_fresh_run_into_an_existing_run_is_refused(existing_run: Path, refused):
+    rc, text = refused["fresh"]
+    assert rc == 2, text[-3000:]
     assert "already holds a run" in text and "--resume auto" in text
     assert "Traceback" not in text
-    assert _snapshot(existing_run) == before
+    assert _snapshot(existing_run) == refused["before"]
 
 
-def test_resume_with_other_tasks_is_refused(existing_run: Path, tmp_path: Path):
-    before = _snapshot(existing_run)
-    log = tmp_path / "resume.log"
-    proc = launch(["-m", "hyperscale.train"], [str(TINY), f"output_dir={existing_run}", "deepspeed.zero_stage=0",
-                                               "data.tasks=[rte,cb,mrpc]", "--resume", "auto"], 1, log, timeout=180)
-    assert proc.returncode == 2, log_tail(log)
-    text = log.read_text()
+def test_resume_with_other_tasks_is_refused(existing_run: Path, refused):
+    rc, text = refused["other-tasks"]
+    assert rc == 2, text[-3000:]
     assert "cannot resume" in text and "data.tasks" in text and "['rte', 'cb']" in text
     assert "['rte', 'cb', 'mrpc']" in text
     assert "Traceback" not in text and "size mismatch" not in text
-    assert _snapshot(existing_run) == before
+    assert _snapshot(existing_run) == refused["before"]
 
 
 # ------------------------------------------------------------------------------- in-process variants

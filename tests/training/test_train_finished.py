@@ -1,6 +1,9 @@
 """A finished run resumed again (``--resume auto``: what every requeue of a finished SLURM job does) says
 it is complete, prints its results, makes sure its export exists and exits 0, changing nothing; a larger
-``train.max_steps`` on resume extends it with a continuous learning rate (engine.continue_schedule)."""
+``train.max_steps`` on resume extends it with a continuous learning rate (engine.continue_schedule).
+
+Each test has its own copy of one finished run; the three resumes run one after another in one process
+(``hyperscale train`` and ``python -m hyperscale.train`` as ``main(argv)`` calls, helpers.run_cases)."""
 from __future__ import annotations
 
 import json
@@ -9,16 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY, launch, log_tail
+from helpers import TINY, run_cases
 
 pytestmark = pytest.mark.distributed
-
-
-@pytest.fixture(scope="module")
-def finished(runs, tmp_path_factory) -> Path:
-    dst = tmp_path_factory.mktemp("finished") / "run"
-    shutil.copytree(runs("fp32-z0-1p").dir, dst)
-    return dst
 
 
 def _args(run: Path, *extra: str) -> list[str]:
@@ -29,34 +25,52 @@ def _files(d: Path) -> dict:
     return {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*") if p.is_file() and p.name != ".hyperscale.lock"}
 
 
-def test_resuming_a_finished_run_reports_it_and_changes_nothing(finished: Path, tmp_path: Path):
-    before = _files(finished)
-    log = tmp_path / "again.log"
-    proc = launch(["-m", "hyperscale.cli"], ["train", *_args(finished)], 1, log, timeout=180)
-    text = log.read_text()
-    assert proc.returncode == 0, log_tail(log)
+def _lrs(run: Path) -> dict[int, float]:
+    return {e["step"]: e["lr"] for e in map(json.loads, (run / "train_log.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def resumed(runs, tmp_path_factory) -> dict:
+    """Three copies of a finished run, each resumed with --resume auto, in one process: ``again`` as it is (through
+    ``hyperscale train``), ``export`` after its export was removed, ``extend`` with train.max_steps=16.
+    ``{name: (exit status, output)}``, the copies (``dirs``), ``again``'s files and ``extend``'s rates before."""
+    base = tmp_path_factory.mktemp("finished")
+    dirs = {name: base / name for name in ("again", "export", "extend")}
+    for d in dirs.values():
+        shutil.copytree(runs("fp32-z0-1p").dir, d)
+    shutil.rmtree(dirs["export"] / "export")
+    before = {"files": _files(dirs["again"]), "lr": _lrs(dirs["extend"])}
+    said = run_cases({"again": ("hyperscale.cli", ["train", *_args(dirs["again"])]),
+                      "export": ("hyperscale.train", _args(dirs["export"])),
+                      "extend": ("hyperscale.train", _args(dirs["extend"], "train.max_steps=16"))}, base / "logs")
+    return {"dirs": dirs, "before": before, **said}
+
+
+def test_resuming_a_finished_run_reports_it_and_changes_nothing(resumed):
+    finished = resumed["dirs"]["again"]
+    rc, text = resumed["again"]
+    assert rc == 0, text[-3000:]
     assert "Traceback" not in text
     assert "the run is complete" in text and "step-00000012" in text
     assert "test (step 12):" in text and "average" in text  # the results table, from results.json
     assert f"export: {finished / 'export'}" in text
-    assert _files(finished) == before  # nothing written, nothing replaced
+    assert _files(finished) == resumed["before"]["files"]  # nothing written, nothing replaced
 
 
-def test_a_finished_run_without_its_export_gets_it_back(finished: Path, tmp_path: Path):
-    shutil.rmtree(finished / "export")
-    log = tmp_path / "export.log"
-    proc = launch(["-m", "hyperscale.train"], _args(finished), 1, log, timeout=180)
-    assert proc.returncode == 0, log_tail(log)
+def test_a_finished_run_without_its_export_gets_it_back(resumed):
+    finished = resumed["dirs"]["export"]  # its export was removed before the resume
+    rc, text = resumed["export"]
+    assert rc == 0, text[-3000:]
     assert (finished / "export" / "model.safetensors").is_file()
     assert json.loads((finished / "export" / "export.json").read_text())["step"] == 12
 
 
-def test_a_larger_max_steps_extends_the_run_with_a_continuous_lr(finished: Path, tmp_path: Path):
-    lr_before = {e["step"]: e["lr"] for e in map(json.loads, (finished / "train_log.jsonl").read_text().splitlines())}
-    log = tmp_path / "extend.log"
-    proc = launch(["-m", "hyperscale.train"], _args(finished, "train.max_steps=16"), 1, log, timeout=240)
-    assert proc.returncode == 0, log_tail(log)
-    assert "train.max_steps 12 -> 16" in log.read_text()
+def test_a_larger_max_steps_extends_the_run_with_a_continuous_lr(resumed):
+    finished = resumed["dirs"]["extend"]
+    lr_before = resumed["before"]["lr"]
+    rc, text = resumed["extend"]
+    assert rc == 0, text[-3000:]
+    assert "train.max_steps 12 -> 16" in text
     entries = [json.loads(ln) for ln in (finished / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in entries] == list(range(1, 17))
     lr = {e["step"]: e["lr"] for e in entries}
