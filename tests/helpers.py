@@ -85,7 +85,9 @@ def run_cases(cases: dict[str, tuple[str, list[str]]], workdir: Path,
                                 for name, (module, argv) in cases.items()}))
     proc = launch([str(CASE_DRIVER)], [str(spec), str(result)], 1, log, timeout=timeout)
     if proc.returncode != 0 or not result.is_file():
-        raise RuntimeError(f"the case driver failed (exit {proc.returncode}):\n{log_tail(log)}")
+        last = [workdir / f"{name}.log" for name in cases if (workdir / f"{name}.log").is_file()][-1:]
+        raise RuntimeError(f"the case driver failed (exit {proc.returncode}):\n{log_tail(log)}"
+                           + "".join(f"\n--- {p.name}:\n{log_tail(p)}" for p in last))
     codes = json.loads(result.read_text())
     return {name: (codes[name], (workdir / f"{name}.log").read_text()) for name in cases}
 

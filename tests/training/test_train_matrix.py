@@ -1,6 +1,9 @@
 """Every combination a recipe can name trains: ZeRO stage (0-3) x precision (fp32, bf16) x backbone source, plus
-ZeRO-3 with ``deepspeed.build_sharded`` for both precisions and every source: 30 configurations, 2 steps each, on 2
-CPU ranks, run one after another in one torchrun launch (tests/training/matrix_driver.py).
+ZeRO-3 with ``deepspeed.build_sharded`` for both precisions and every source: 22 configurations, 2 steps each, on 2
+CPU ranks, run one after another in one torchrun launch (tests/training/matrix_driver.py). A backbone is loaded
+one way for ZeRO 0-2 (whole, on every rank; the stage changes only the optimizer, which never holds a frozen
+weight) and another way for ZeRO-3 and the sharded build: every source runs at ZeRO-0 (each source's reference),
+ZeRO-3 and sharded ZeRO-3; ZeRO-1 and ZeRO-2 run with the preset source (every stage x precision still trains).
 
 Backbone sources:
 - ``preset``: ``preset:t5-tiny`` (T5 v1.0 shape, tied LM head); the trainer saves it into RUN/backbone itself;
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from training_helpers import REPO, log_tail, run_env
+from helpers import REPO, log_tail, run_env
 
 pytestmark = pytest.mark.distributed
 
@@ -38,7 +41,8 @@ DRIVER = Path(__file__).resolve().parent / "matrix_driver.py"
 STAGES = (0, 1, 2, 3)
 PRECISIONS = ("fp32", "bf16")
 SOURCES = ("preset", "dir_fp32", "dir_bf16")
-CONFIGS = ([f"z{z}-{p}-{s}" for z in STAGES for p in PRECISIONS for s in SOURCES]
+# the directory sources at ZeRO-1/2 load as at ZeRO-0 (8 configurations, ~25 s of CI, that tested no other path)
+CONFIGS = ([f"z{z}-{p}-{s}" for z in STAGES for p in PRECISIONS for s in SOURCES if s == "preset" or z in (0, 3)]
            + [f"z3-{p}-sharded-{s}" for p in PRECISIONS for s in SOURCES])
 FP32_REL = 1e-5  # fp32 losses of one source, any ZeRO stage or build
 # bf16 vs fp32 step-1 loss (the same weights, only the forward's precision differs), measured on these sources
