@@ -122,7 +122,7 @@ def test_predict_flags_a_regression_output_that_is_not_a_number(export_dir: Path
 
     from hyperscale.cli import main, predict
 
-    monkeypatch.setattr(predict, "predict_task", lambda *a, **kw: ["", "3.4"])
+    monkeypatch.setattr(predict, "predict_for_task", lambda *a, **kw: ["", "3.4"])
     monkeypatch.setattr(predict, "load_export", lambda path, backbone, **kw: (type("M", (), {
         "bank": None, "config": type("C", (), {"method": "hyperformer++"})(),
         "parameters": lambda self: iter([torch.zeros(1)])})(), None))
