@@ -16,7 +16,7 @@ this module holds no simulation code of its own.
 """
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -27,6 +27,9 @@ import torch.distributed as dist
 from ..errors import ConfigError, current_rank, leave_process_group
 from .logging import hidden_output
 from ..launch import setup_distributed_env
+
+logger = logging.getLogger("hyperscale.training")
+
 
 @dataclass(frozen=True)
 class RankInfo:
@@ -88,12 +91,9 @@ def barrier() -> None:
 
 
 def log0(msg: str) -> None:
-    """Print once, from rank 0."""
-    if is_main():
-        from tqdm import tqdm
-
-        tqdm.write(f"[hyperscale] {msg}", file=sys.stdout)  # above the training progress bar, not inside it
-        sys.stdout.flush()
+    """``logger.info`` of the training package (``hyperscale.training``): on the console of an entry point, rank 0's
+    line (every rank's at DEBUG), above the progress bar (:func:`hyperscale.errors.console_logging`)."""
+    logger.info(msg)
 
 
 # ------------------------------------------------------------------------------------- collectives

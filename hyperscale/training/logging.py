@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import torch
 
+from ..errors import debug_logging
+
 T = TypeVar("T")
 
 class RunLogger:
@@ -131,7 +133,8 @@ def hidden_output() -> Iterator[None]:
 @contextlib.contextmanager
 def third_party_quiet(verbose: bool = False) -> Iterator[None]:
     """Within the block: the progress bars of datasets (tokenization) and transformers (loading and writing
-    weights) off, and :func:`hidden_output` hiding DeepSpeed's banners; with ``verbose`` all of them on. Hugging
+    weights) off, and :func:`hidden_output` hiding DeepSpeed's banners; with ``verbose`` all of them on, and the
+    package's logger at DEBUG (every rank's records, :func:`hyperscale.errors.debug_logging`). Hugging
     Face Hub downloads keep their progress bars either way (minutes for a large backbone). Blocks nest (a verbose
     run inside the quiet CLI shows everything); the previous settings come back on exit."""
     from datasets.utils import logging as datasets_logging
@@ -153,7 +156,8 @@ def third_party_quiet(verbose: bool = False) -> Iterator[None]:
 
     try:
         put(bool(verbose), bool(verbose))
-        yield
+        with debug_logging(bool(verbose)):
+            yield
     finally:
         put(*saved)
         _VERBOSE.reset(token)

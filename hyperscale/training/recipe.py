@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import sys
 import time
@@ -66,6 +67,8 @@ from .step_stats import StepStats, trainable_grad_norm
 from .transfer import check_export_dir, restore_fp32_masters
 
 log0 = hdist.log0
+logger = logging.getLogger(__name__)
+ON_STDERR = {"stderr": True}  # evaluation progress: on stderr, as a progress bar is (hyperscale.errors.ConsoleHandler)
 EXIT_STOPPED = 3  # stopped by a signal after saving a checkpoint (outside SLURM): resume with --resume auto
 
 
@@ -333,8 +336,8 @@ class Recipe:
 
         def progress(task: str, n: int, metrics: dict) -> None:  # logging.verbose: a line per task, on stderr
             scores = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())
-            tqdm.write(f"[hyperscale] eval {split} step {step}: {task} ({n} examples) {scores}  "
-                       f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr)  # above the bar, not inside it
+            logger.info(f"eval {split} step {step}: {task} ({n} examples) {scores}  [{time.perf_counter() - t0:.1f} s]",
+                        extra=ON_STDERR)
 
         per_task, n_examples = evaluate_split(
             self.engine.module, self.tokenizer, self.registry, self.data, self.tasks, split, mode=e.mode,
@@ -346,9 +349,9 @@ class Recipe:
                   "seconds": time.perf_counter() - t0}
         if self.rank == 0 and not self.cfg.logging.verbose:  # one line per evaluation (per task: logging.verbose)
             mean = result["average"].get("mean_all_metrics")
-            tqdm.write(f"[hyperscale] eval {split} step {step}: {len(per_task)} tasks, {n_examples:,} "
-                       "examples" + (f", mean of all metrics {mean:.2f}" if mean is not None else "")
-                       + f"  [{result['seconds']:.1f} s]", file=sys.stderr)  # above the bar, not inside it
+            logger.info(f"eval {split} step {step}: {len(per_task)} tasks, {n_examples:,} examples"
+                        + (f", mean of all metrics {mean:.2f}" if mean is not None else "")
+                        + f"  [{result['seconds']:.1f} s]", extra=ON_STDERR)
         if self.rank == 0:
             res.write_eval(self.output_dir, result)
             self.logger.scalars(step, res.eval_scalars(result))

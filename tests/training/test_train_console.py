@@ -62,6 +62,7 @@ def test_the_default_run_prints_what_a_user_needs(tmp_path: Path):
     assert not [n for n in NOISE if n in out], out
     out = "\n".join(ln.rsplit("\r", 1)[-1] for ln in lines)  # what a terminal shows of each line
     assert re.search(r"^\[hyperscale\] model: hyperformer\+\+ on .*: [\d,]+ trainable parameters", out, re.M), out
+    assert re.search(r"^\[hyperscale\] distributed env \(single\): rank 0/1", out, re.M), out  # launch.py's line
     for split in ("validation", "test"):
         assert re.search(rf"^\[hyperscale\] eval {split} step 4: 6 tasks, 48 examples", out, re.M), out
         assert f"{split} (step 4):" in out
