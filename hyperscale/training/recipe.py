@@ -64,6 +64,7 @@ from .logging import RunLogger, quiet_unless_verbose
 from .preemption import PreemptionHandler
 from .state import TrainState, seed_everything
 from .step_stats import StepStats, trainable_grad_norm
+from .task_sync import check_task_sync
 from .transfer import check_export_dir, restore_fp32_masters
 
 log0 = hdist.log0
@@ -275,21 +276,7 @@ class Recipe:
                     file=sys.stderr)
 
     def _check_task_sync(self, examples: list) -> None:
-        """Debug check (``distributed.check_task_sync``): the slices the ranks are about to train on,
-        put together in rank order, must be exactly the global batch of this step that every rank
-        derives from (seed, step). Fails loudly, naming the ranks that disagree."""
-        step = self.state.step
-        expected = [(str(t), int(i)) for t, i in self.sampler.global_batch(step)]
-        mine = [(str(t), int(i)) for t, i in examples]
-        slices = hdist.all_gather_object(mine)
-        per_rank = len(expected) // self.world
-        bad = [r for r, got in enumerate(slices) if got != expected[r * per_rank:(r + 1) * per_rank]]
-        if bad:
-            tasks = {r: sorted({t for t, _ in slices[r]}) for r in bad}
-            raise RuntimeError(
-                f"task sync check failed at step {step} on rank {self.rank}: ranks {bad} train on examples that "
-                f"are not their slice of the global batch (their tasks: {tasks}); different seeds, data or "
-                "sampler state across ranks?")
+        check_task_sync(self.sampler, self.state.step, examples, self.world, self.rank)
 
     # ---------------------------------------------------------------- statistics
     def _flush_stats(self, bar: Any = None) -> Optional[torch.Tensor]:
