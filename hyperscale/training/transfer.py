@@ -75,7 +75,7 @@ def load_for_transfer(transfer: TransferConfig, model_cfg: ModelConfig, tasks: l
     for task in new:
         model.add_task(task, transfer.new_task_init)
     hold_fixed(model, transfer.train)
-    # what learns and what is held fixed: the recipe's "model:" line (Recipe._parameter_summary)
+    # what learns and what is held fixed: the run's "model:" line (build.parameter_summary)
     hdist.log0(f"transfer from {transfer.from_export}: new tasks {', '.join(new) or 'none'} "
                f"(init: {transfer.new_task_init})")
     return model

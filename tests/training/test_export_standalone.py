@@ -96,7 +96,7 @@ def test_an_export_outlives_its_run(tmp_path: Path):
     assert not (out / "materialized" / "backbone").exists()  # one copy, shared
     assert json.loads((out / "hyperscale_config.json").read_text())["backbone_id"] == "./backbone"
     assert json.loads((out / "materialized" / "hyperscale_config.json").read_text())["backbone_id"] == "../backbone"
-    # the trainer's own export (Recipe._ensure_export) stands alone too
+    # the trainer's own export (results.ensure_export) stands alone too
     assert json.loads((run / "export" / "hyperscale_config.json").read_text())["backbone_id"] == "./backbone"
     assert json.loads((run / "export" / "export.json").read_text())["step"] == 4
 
