@@ -14,6 +14,8 @@ import pytest
 from hyperscale.cli import main
 from hyperscale.errors import console_logging, debug_logging, run_main
 from hyperscale.launch import setup_distributed_env
+from hyperscale.training.config import load_config
+from hyperscale.training.ds_config import build_ds_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny-cpu.yaml"
@@ -117,3 +119,14 @@ print("API-OK")
                           timeout=600)
     assert proc.returncode == 0 and "API-OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "[hyperscale]" not in proc.stdout + proc.stderr  # the package installed no console output of its own
+
+
+def test_zero0_bf16_accumulation_warns_through_the_package_logger(caplog):
+    """ds_config's one warning is a record of the package logger (shown by the entry points), not a Python
+    warning."""
+    cfg = load_config(None, ["deepspeed.zero_stage=0", "train.precision=bf16", "train.global_batch_size=8",
+                             "train.micro_batch_size=2"])
+    with caplog.at_level(logging.WARNING, logger="hyperscale"):
+        build_ds_config(cfg, 1)
+    warned = [r for r in caplog.records if r.name == "hyperscale.training.ds_config"]
+    assert len(warned) == 1 and "accumulates gradients in bf16 over 4 micro-batches" in warned[0].getMessage()

@@ -9,12 +9,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import warnings
+import logging
 from pathlib import Path
 from typing import Any
 
 from .config import AUTO, ConfigError, RunConfig
 from .geometry import batch_geometry
+
+logger = logging.getLogger(__name__)
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
 
@@ -99,7 +101,7 @@ def build_ds_config(cfg: RunConfig, world_size: int) -> dict:
         if ds.get("data_types", {}).get("grad_accum_dtype") in ("fp32", "float32", "float"):
             del ds["data_types"]["grad_accum_dtype"]  # a user's JSON asked for it: DeepSpeed cannot
         if accum > 1:
-            warnings.warn(f"ZeRO-0 with bf16 accumulates gradients in bf16 over {accum} micro-batches; "
-                          "deepspeed.zero_stage=1 (or higher) accumulates them in fp32")
+            logger.warning(f"ZeRO-0 with bf16 accumulates gradients in bf16 over {accum} micro-batches; "
+                           "deepspeed.zero_stage=1 (or higher) accumulates them in fp32")
     ds["steps_per_print"] = ds.get("steps_per_print", 10**9)
     return ds
