@@ -33,9 +33,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, TextIO
-
-import yaml
+from typing import Any, Sequence, TextIO
 
 from ..atomic import write_text_atomic
 from ..errors import ConfigError
@@ -145,22 +143,6 @@ def format_rank_table(slots: Sequence[RankSlot], max_rows: int = 64) -> str:
         lines.append(f"{node:>6}  {s.local_rank:>10}  {s.rank:>11}  {s.device}")
     lines.append("(* node 0 = first node of the allocation: MASTER_ADDR, rank 0)")
     return "\n".join(lines)
-
-
-def _output_dir(config: str, overrides: Sequence[str]) -> Optional[str]:
-    """output_dir from the overrides, else from the YAML config (top-level key)."""
-    for o in reversed(overrides):
-        if o.startswith("output_dir="):
-            return o.split("=", 1)[1]
-    try:
-        with open(config) as f:
-            data = yaml.safe_load(f) or {}
-    except OSError:
-        return None
-    except Exception as e:  # malformed YAML: let the trainer report it properly
-        raise ConfigError(f"cannot read {config}: {e}")
-    value = data.get("output_dir") if isinstance(data, dict) else None
-    return str(value) if value else None
 
 
 def _validate(args: argparse.Namespace) -> str:
@@ -285,14 +267,10 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                          "(run from a hyperscale checkout)")
     workdir = Path.cwd()
     job_name = args.job_name or f"hyperscale-{Path(args.config).stem}"
-    out_dir = _output_dir(args.config, args.overrides)
-    if args.script is None and out_dir is None:
-        raise ConfigError("the config has no output_dir; pass --script PATH "
-                         "or output_dir=...")
-    out_path = (workdir / out_dir) if out_dir else None
+    out_path = workdir / load_config(args.config, list(args.overrides)).output_dir  # the run's, as the trainer reads it
     script = (args.script if args.script is not None else out_path / f"{job_name}.sbatch")
     script = script if script.is_absolute() else workdir / script
-    log = args.log or str((out_path or script.parent) / "slurm-%j.out")
+    log = args.log or str(out_path / "slurm-%j.out")
 
     command = "hyperscale slurm " + " ".join(shlex.quote(a) for a in (args.config, *args.overrides, *_options(args)))
     text = render_script(args, script, log, workdir, command)
