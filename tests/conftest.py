@@ -35,8 +35,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    for item in items:  # a launch is never fast: `distributed` implies `slow`
-        if item.get_closest_marker("distributed") is not None and item.get_closest_marker("slow") is None:
+    for item in items:  # a launch is never fast: `distributed` (and a SLURM job, `slurm`) implies `slow`
+        launches = item.get_closest_marker("distributed") or item.get_closest_marker("slurm")
+        if launches is not None and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
 
 
