@@ -21,6 +21,8 @@ import torch
 
 from hyperscale.training import distributed as hdist
 
+from helpers import TINY, launch, log_tail
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 PACKAGE = REPO / "hyperscale"
@@ -138,7 +140,7 @@ def test_simulated_nccl_rejects_a_tensor_the_module_did_not_place(tmp_path: Path
     port = find_free_port()
     script = tmp_path / "sim.py"
     script.write_text(SIMULATED)
-    env = {**__import__("os").environ, "PORT": str(port), "PYTHONPATH": f"{REPO}{os.pathsep}{HERE}"}
+    env = {**os.environ, "PORT": str(port), "PYTHONPATH": f"{REPO}{os.pathsep}{HERE}"}
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "REJECTED: No backend type associated with device type cpu" in proc.stdout, proc.stdout + proc.stderr
@@ -149,9 +151,6 @@ def test_simulated_nccl_rejects_a_tensor_the_module_did_not_place(tmp_path: Path
 def test_two_rank_training_under_simulated_nccl(tmp_path: Path):
     """The real training step on 2 ranks with every hyperscale collective checked as NCCL would: step statistics,
     the preemption agreement, the task-sync check and the evaluation gather."""
-    sys.path.insert(0, str(REPO / "tests" / "training"))
-    from training_helpers import TINY, launch, log_tail
-
     log = tmp_path / "sim.log"
     run = tmp_path / "run"
     proc = launch([str(HERE / "nccl_driver.py")], [str(TINY), f"output_dir={run}", "train.max_steps=4",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from training_helpers import REPO, TINY, run_env
+from helpers import REPO, TINY, run_env
 
 pytestmark = pytest.mark.distributed
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import pytest
 
-from helpers import REPO, TINY, launch, log_tail, run_env  # noqa: F401 - also this module's names for its importers
+from helpers import TINY, launch, log_tail
 
 DRIVER = Path(__file__).resolve().parent / "recipe_driver.py"
 
