@@ -1,7 +1,7 @@
 """``python tests/case_driver.py CASES.json RESULT.json``: run entry-point calls one after another in this process
-(see helpers.run_cases). CASES.json is ``{name: [module, argv, log]}``: ``module.main(argv)`` runs with its
-stdout and stderr (file descriptors 1 and 2, so that C-level and subprocess output is caught too) sent to ``log``;
-RESULT.json gets ``{name: exit status}`` (an exception that escapes ``main`` counts as status 1, its traceback
+(see helpers.run_cases). CASES.json is ``{name: [module, argv, out, err]}``: ``module.main(argv)`` runs with its
+stdout sent to ``out`` and its stderr to ``err`` (file descriptors 1 and 2, so that C-level and subprocess output is
+caught too); RESULT.json gets ``{name: exit status}`` (an exception that escapes ``main`` counts as status 1, its traceback
 in that case's log)."""
 import importlib
 import json
@@ -11,13 +11,13 @@ import traceback
 from pathlib import Path
 
 
-def run_case(module: str, argv: list, log: str) -> int:
+def run_case(module: str, argv: list, out: str, err: str) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with open(log, "w") as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
+    with open(out, "w") as fo, open(err, "w") as fe:
+        os.dup2(fo.fileno(), 1)
+        os.dup2(fe.fileno(), 2)
         try:
             rc = importlib.import_module(module).main(argv)
         except SystemExit as e:  # argparse's --help, or a main that exits itself
@@ -38,8 +38,8 @@ def run_case(module: str, argv: list, log: str) -> int:
 def main() -> None:
     cases = json.loads(Path(sys.argv[1]).read_text())
     codes = {}
-    for name, (module, argv, log) in cases.items():
-        codes[name] = run_case(module, argv, log)
+    for name, (module, argv, out, err) in cases.items():
+        codes[name] = run_case(module, argv, out, err)
         print(f"case {name}: exit {codes[name]}", flush=True)
     Path(sys.argv[2]).write_text(json.dumps(codes))
 

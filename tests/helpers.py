@@ -48,9 +48,9 @@ def run_env() -> dict:
 
 
 def launch(target: list[str], args: list[str], nproc: int, log: Path,
-           timeout: int = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """Run ``target`` (``["-m", "hyperscale.train"]`` or ``[script]``) with ``args``: under
-    ``torchrun --standalone`` for 2+ processes, as a plain ``python`` process for one."""
+           timeout: int = LAUNCH_TIMEOUT_S, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """Run ``target`` (``["-m", "hyperscale.train"]`` or ``[script]``) with ``args`` in ``cwd`` (default: the
+    checkout): under ``torchrun --standalone`` for 2+ processes, as a plain ``python`` process for one."""
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                *(["--module", target[1]] if target[0] == "-m" else target), *args]
@@ -61,7 +61,7 @@ def launch(target: list[str], args: list[str], nproc: int, log: Path,
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
         # its own process group, so that a hung run is stopped with all its ranks
-        proc = subprocess.Popen(cmd, cwd=REPO, env=run_env(), stdout=f, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=cwd or REPO, env=run_env(), stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
             rc = proc.wait(timeout=timeout)
@@ -72,24 +72,26 @@ def launch(target: list[str], args: list[str], nproc: int, log: Path,
     return subprocess.CompletedProcess(cmd, rc)
 
 
-def run_cases(cases: dict[str, tuple[str, list[str]]], workdir: Path,
-              timeout: int = LAUNCH_TIMEOUT_S) -> dict[str, tuple[int, str]]:
-    """Several entry-point calls in one plain process, one after another: ``{name: (module, argv)}`` runs
-    ``module.main(argv)`` (``hyperscale.train`` for ``python -m hyperscale.train``, ``hyperscale.cli`` for
-    ``hyperscale``) with its own stdout and stderr; returns ``{name: (exit status, output)}``. One process
+def run_cases(cases: dict[str, tuple[str, list[str]]], workdir: Path, timeout: int = LAUNCH_TIMEOUT_S,
+              cwd: Optional[Path] = None) -> dict[str, tuple[int, str]]:
+    """Several entry-point calls in one plain process in ``cwd`` (default: the checkout), one after another:
+    ``{name: (module, argv)}`` runs ``module.main(argv)`` (``hyperscale.train`` for ``python -m hyperscale.train``,
+    ``hyperscale.cli`` for ``hyperscale``) with its own stdout (kept in ``workdir/NAME.out``) and stderr (in
+    ``workdir/NAME.log``); returns ``{name: (exit status, stdout then stderr)}``. One process
     start-up (torch, DeepSpeed, transformers: 6-10 s) instead of one per case, where what is under test is what
     the call says and does, not the launch; a case also proves the one before it left no process-wide state."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec, result, log = workdir / "cases.json", workdir / "cases.rc.json", workdir / "cases.log"
-    spec.write_text(json.dumps({name: [module, [str(a) for a in argv], str(workdir / f"{name}.log")]
-                                for name, (module, argv) in cases.items()}))
-    proc = launch([str(CASE_DRIVER)], [str(spec), str(result)], 1, log, timeout=timeout)
+    spec.write_text(json.dumps({name: [module, [str(a) for a in argv], str(workdir / f"{name}.out"),
+                                       str(workdir / f"{name}.log")] for name, (module, argv) in cases.items()}))
+    proc = launch([str(CASE_DRIVER)], [str(spec), str(result)], 1, log, timeout=timeout, cwd=cwd)
     if proc.returncode != 0 or not result.is_file():
         last = [workdir / f"{name}.log" for name in cases if (workdir / f"{name}.log").is_file()][-1:]
         raise RuntimeError(f"the case driver failed (exit {proc.returncode}):\n{log_tail(log)}"
                            + "".join(f"\n--- {p.name}:\n{log_tail(p)}" for p in last))
     codes = json.loads(result.read_text())
-    return {name: (codes[name], (workdir / f"{name}.log").read_text()) for name in cases}
+    return {name: (codes[name], (workdir / f"{name}.out").read_text() + (workdir / f"{name}.log").read_text())
+            for name in cases}
 
 
 def log_tail(log: Path, n: int = 60) -> str:

@@ -169,6 +169,20 @@ def newest_usable(ckpt_root: Path) -> tuple[Optional[str], list[str]]:
 
 
 # ------------------------------------------------------------------------------------------- save
+def run_files(output_dir: Path, rank: int, model_config: Any, run_config_yaml: str, task_specs: dict,
+              tokenizer: Any) -> dict[str, Any]:
+    """What a checkpoint carries besides DeepSpeed's files (``files`` of :func:`save`): the model's and the run's
+    configs, the full spec of every task of your own the model knows (exports carry them: README "Your own tasks"),
+    and the tokenizer, saved once into ``output_dir/tokenizer`` by rank 0."""
+    tok_dir = output_dir / "tokenizer"
+    if rank == 0 and not tok_dir.exists():
+        tokenizer.save_pretrained(str(tok_dir))
+    return {"hyperscale_config.json": json.dumps(model_config.to_dict(), indent=2, sort_keys=True) + "\n",
+            "run_config.yaml": run_config_yaml,
+            "task_specs.json": json.dumps(task_specs, indent=2) + "\n",
+            "tokenizer": tok_dir}
+
+
 def save(engine: Any, ckpt_root: Path, state: TrainState, files: dict[str, Any], keep_last: int,
          is_best: bool = False) -> str:
     """Save a checkpoint on every rank; returns its tag. ``files``: name -> text or a directory to copy.

@@ -10,17 +10,23 @@ Under ZeRO-3 every rank runs the same number of forwards (``synced_gpus``).
 """
 from __future__ import annotations
 
+import logging
 import math
+import time
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..data.metrics import compute_task_metrics
+from ..data.metrics import average_metrics, compute_task_metrics
 from ..data.tasks import Task
 from ..modeling.context import adapter_context
 from ..modeling.model import HyperscaleModel
 from . import distributed as hdist
+from .config import RunConfig
+
+logger = logging.getLogger(__name__)
+ON_STDERR = {"stderr": True}  # evaluation lines: on stderr, as a progress bar is (hyperscale.errors.ConsoleHandler)
 
 
 @torch.no_grad()
@@ -137,3 +143,31 @@ def evaluate_split(model: HyperscaleModel, tokenizer: Any, registry: Any, data: 
     if was_training:
         model.train()
     return per_task, n_examples
+
+
+def run_evaluation(model: HyperscaleModel, tokenizer: Any, registry: Any, data: dict, tasks: Sequence[str], split: str,
+                   cfg: RunConfig, step: int, world: int, device: torch.device, console: bool) -> dict:
+    """A training run's evaluation of ``split`` at ``step`` under its ``eval`` settings, as ``eval_*.jsonl`` and
+    ``results.json`` record it; with ``console`` (rank 0) one line on stderr, or a line per task under
+    ``logging.verbose``."""
+    t0 = time.perf_counter()
+
+    def progress(task: str, n: int, metrics: dict) -> None:
+        scores = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+        logger.info(f"eval {split} step {step}: {task} ({n} examples) {scores}  [{time.perf_counter() - t0:.1f} s]",
+                    extra=ON_STDERR)
+
+    e = cfg.eval
+    per_task, n_examples = evaluate_split(
+        model, tokenizer, registry, data, tasks, split, mode=e.mode, batch_size=e.batch_size,
+        max_examples=e.max_examples, device=device, max_source_length=cfg.data.max_source_length,
+        synced_gpus=cfg.deepspeed.zero_stage == 3 and world > 1,
+        on_task=progress if console and cfg.logging.verbose else None)
+    result = {"step": step, "split": split, "tasks": per_task, "average": average_metrics(per_task),
+              "seconds": time.perf_counter() - t0}
+    if console and not cfg.logging.verbose:
+        mean = result["average"].get("mean_all_metrics")
+        logger.info(f"eval {split} step {step}: {len(per_task)} tasks, {n_examples:,} examples"
+                    + (f", mean of all metrics {mean:.2f}" if mean is not None else "")
+                    + f"  [{result['seconds']:.1f} s]", extra=ON_STDERR)
+    return result

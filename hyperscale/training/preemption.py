@@ -29,18 +29,22 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from types import FrameType
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from ..errors import current_rank
 from . import distributed as hdist
 
-__all__ = ["PreemptionHandler", "DEFAULT_SIGNALS"]
+__all__ = ["PreemptionHandler", "DEFAULT_SIGNALS", "EXIT_STOPPED"]
 
 logger = logging.getLogger(__name__)
 
 #: SIGUSR1: SLURM's advance warning (``--signal=USR1@seconds``); SIGTERM: preemption/cancel.
 DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGTERM)
+
+#: exit status of a run stopped by a signal after saving its checkpoint, outside SLURM: resume with --resume auto
+EXIT_STOPPED = 3
 
 SignalSpec = Union[int, str, signal.Signals]
 
@@ -232,6 +236,17 @@ class PreemptionHandler:
         logger.error("preemption: `%s` failed (exit %d): %s. The checkpoint is saved; "
                      "resubmit with --resume auto.", " ".join(cmd), rc, out.strip())
         return False
+
+    def exit_run(self, step: int, max_steps: int) -> None:
+        """After the checkpoint of ``step`` is saved on every rank: :meth:`requeue`, then exit 0 under SLURM (the job
+        goes on, requeued or cancelled on purpose) and :data:`EXIT_STOPPED` elsewhere, so that
+        ``hyperscale train && next-step`` does not go on with an unfinished run."""
+        self.requeue()
+        hdist.barrier()
+        under_slurm = bool(self._env_map().get("SLURM_JOB_ID"))
+        if not under_slurm and self._rank() == 0:
+            logger.info("stopped at step %d of %d by a signal; continue with --resume auto", step, max_steps)
+        sys.exit(0 if under_slurm else EXIT_STOPPED)
 
     def _job_state(self, job_id: str) -> str:
         """SLURM's JobState for ``job_id`` (``RUNNING``, ``CANCELLED``...), "" if unknown."""

@@ -31,10 +31,7 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,7 +40,6 @@ from tqdm.auto import tqdm
 
 from ..data.sampler import MultiTaskSampler
 from ..data.specs import TaskRegistry
-from ..data.metrics import average_metrics
 from ..data.tokenization import Seq2SeqCollator
 from ..modeling.model import HyperscaleModel
 from . import build
@@ -57,7 +53,7 @@ from . import rundir
 from .auto import cpu_threads
 from .config import RunConfig
 from .ds_config import build_ds_config
-from .evaluate import evaluate_split
+from .evaluate import run_evaluation
 from .geometry import per_rank_batch
 from .host_memory import release_freed_memory
 from .logging import RunLogger, quiet_unless_verbose
@@ -68,9 +64,6 @@ from .task_sync import check_task_sync
 from .transfer import check_export_dir, restore_fp32_masters
 
 log0 = hdist.log0
-logger = logging.getLogger(__name__)
-ON_STDERR = {"stderr": True}  # evaluation progress: on stderr, as a progress bar is (hyperscale.errors.ConsoleHandler)
-EXIT_STOPPED = 3  # stopped by a signal after saving a checkpoint (outside SLURM): resume with --resume auto
 
 
 class Recipe:
@@ -130,8 +123,9 @@ class Recipe:
             log0(f"CPU: {torch.get_num_threads()} thread(s) per rank "
                  f"(train.cpu_threads={cfg.train.cpu_threads or 'auto'})")
         self.run_lock = rundir.lock_output_dir(self.output_dir, self.rank)
-        self._check_output_dir()
-        saved = self._resume_point()
+        rundir.check_output_dir(self.output_dir, self.resume)
+        # the checkpoint to continue from, refused if incompatible before data, model and engine are built
+        self.resume_from, saved = rs.resume_point(cfg, self.resume, self.output_dir)
         # numbers for the auto settings, before any data is read
         self.cfg = cfg = rs.resolve_auto_settings(cfg, saved, self.resume_from, self.rank, self.world, self.device.type)
         if saved is not None:
@@ -186,15 +180,6 @@ class Recipe:
             self.run_lock.abandon()
             self.run_lock = None
 
-    def _check_output_dir(self) -> None:
-        rundir.check_output_dir(self.output_dir, self.resume)
-
-    def _resume_point(self) -> Optional[TrainState]:
-        """Find the checkpoint to continue from (``self.resume_from``) and refuse an incompatible one before data,
-        model and engine are built. Returns its recorded TrainState."""
-        self.resume_from, saved = rs.resume_point(self.cfg, self.resume, self.output_dir)
-        return saved
-
     def _setup_model(self) -> None:
         self.model, self.transfer_weights = build.build_model(self.cfg, self.ds_config, self.output_dir, self.rank)
         self.micro_batch = build.MicroBatcher(self.collate, self.train_columns, self.model, self.tasks, self.device,
@@ -226,7 +211,7 @@ class Recipe:
             # ---- sample, forward, backward, step
             examples = self.sampler.next_rank_batch(self.rank, self.world)
             if cfg.distributed.check_task_sync:
-                self._check_task_sync(examples)
+                check_task_sync(self.sampler, self.state.step, examples, self.world, self.rank)
             loss_sums = torch.zeros(len(self.tasks), device=self.device)
             counts = torch.zeros(2, len(self.tasks))  # on the host: examples and tokens per task
             undo = None
@@ -275,9 +260,6 @@ class Recipe:
         return tqdm(total=self.cfg.train.max_steps, initial=self.state.step, desc="train", dynamic_ncols=True,
                     file=sys.stderr)
 
-    def _check_task_sync(self, examples: list) -> None:
-        check_task_sync(self.sampler, self.state.step, examples, self.world, self.rank)
-
     # ---------------------------------------------------------------- statistics
     def _flush_stats(self, bar: Any = None) -> Optional[torch.Tensor]:
         """The pending steps' statistics to the host and train_log.jsonl (:meth:`StepStats.flush`)."""
@@ -316,32 +298,11 @@ class Recipe:
 
     def evaluate(self, split: str) -> dict:
         with eng.eager_context(self.engine):
-            return self._evaluate(split)
-
-    def _evaluate(self, split: str) -> dict:
-        e, step, t0 = self.cfg.eval, self.state.step, time.perf_counter()
-
-        def progress(task: str, n: int, metrics: dict) -> None:  # logging.verbose: a line per task, on stderr
-            scores = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())
-            logger.info(f"eval {split} step {step}: {task} ({n} examples) {scores}  [{time.perf_counter() - t0:.1f} s]",
-                        extra=ON_STDERR)
-
-        per_task, n_examples = evaluate_split(
-            self.engine.module, self.tokenizer, self.registry, self.data, self.tasks, split, mode=e.mode,
-            batch_size=e.batch_size, max_examples=e.max_examples, device=self.device,
-            max_source_length=self.cfg.data.max_source_length,
-            synced_gpus=self.cfg.deepspeed.zero_stage == 3 and self.world > 1,
-            on_task=progress if self.rank == 0 and self.cfg.logging.verbose else None)
-        result = {"step": step, "split": split, "tasks": per_task, "average": average_metrics(per_task),
-                  "seconds": time.perf_counter() - t0}
-        if self.rank == 0 and not self.cfg.logging.verbose:  # one line per evaluation (per task: logging.verbose)
-            mean = result["average"].get("mean_all_metrics")
-            logger.info(f"eval {split} step {step}: {len(per_task)} tasks, {n_examples:,} examples"
-                        + (f", mean of all metrics {mean:.2f}" if mean is not None else "")
-                        + f"  [{result['seconds']:.1f} s]", extra=ON_STDERR)
+            result = run_evaluation(self.engine.module, self.tokenizer, self.registry, self.data, self.tasks, split,
+                                    self.cfg, self.state.step, self.world, self.device, console=self.rank == 0)
         if self.rank == 0:
             res.write_eval(self.output_dir, result)
-            self.logger.scalars(step, res.eval_scalars(result))
+            self.logger.scalars(self.state.step, res.eval_scalars(result))
         return result
 
     # ================================================================== save / load
@@ -352,14 +313,8 @@ class Recipe:
         if self.last_tag == tag:
             return tag
         self._flush_stats()
-        files = {"hyperscale_config.json": json.dumps(self.model.config.to_dict(), indent=2, sort_keys=True) + "\n",
-                 "run_config.yaml": self.cfg.to_yaml(),
-                 # the full spec of every task of your own the model knows: exports carry them (README "Your own tasks")
-                 "task_specs.json": json.dumps(self.registry.records(self.model.config.tasks), indent=2) + "\n"}
-        tok_dir = self.output_dir / "tokenizer"
-        if self.rank == 0 and not tok_dir.exists():
-            self.tokenizer.save_pretrained(str(tok_dir))
-        files["tokenizer"] = tok_dir
+        files = ckpt.run_files(self.output_dir, self.rank, self.model.config, self.cfg.to_yaml(),
+                               self.registry.records(self.model.config.tasks), self.tokenizer)
         self.last_tag = ckpt.save(self.engine, self.ckpt_root, self.state, files, self.cfg.checkpoint.keep_last,
                                   is_best)
         log0(f"saved checkpoint {self.ckpt_root / self.last_tag}")
@@ -379,19 +334,11 @@ class Recipe:
         log0(f"resumed from {ckpt_dir} at step {state.step}" + (f"; {note}" if note else ""))
 
     def _preempted(self) -> None:
-        """Save this step, requeue under SLURM, and exit: 0 under SLURM (the job goes on, requeued or cancelled
-        on purpose), :data:`EXIT_STOPPED` elsewhere, so that ``hyperscale train && next-step`` does not go on with
-        an unfinished run."""
+        """Save this step on every rank, then requeue under SLURM and exit (:meth:`PreemptionHandler.exit_run`)."""
         log0(f"preemption signal: saving at step {self.state.step}")
         self.save()
-        self.preempt.requeue()
         self.logger.close()
-        hdist.barrier()
-        under_slurm = bool(os.environ.get("SLURM_JOB_ID"))
-        if not under_slurm:
-            log0(f"stopped at step {self.state.step} of {self.cfg.train.max_steps} by a signal; continue with "
-                 "--resume auto")
-        sys.exit(0 if under_slurm else EXIT_STOPPED)
+        self.preempt.exit_run(self.state.step, self.cfg.train.max_steps)
 
     # ================================================================== finish
     @quiet_unless_verbose

@@ -26,9 +26,7 @@ from hyperscale.data.loading import load_multitask_splits, protocol_fingerprint
 from hyperscale.data.metrics import compute_task_metrics
 from hyperscale.data.specs import TaskRegistry, build_registry, load_spec_file, parse_spec
 from hyperscale.errors import ConfigError, HyperscaleError
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "configs" / "tiny-cpu.yaml"
+from helpers import REPO, TINY, run_cases, run_env
 
 PARITY_ROWS = [{"q": f"is {i} even", "ctx": f"the number {i}", "ans": "yes" if i % 2 == 0 else "no"} for i in range(40)]
 SCALE_ROWS = [{"text": f"value {i}", "score": round(i / 10, 2)} for i in range(30)]
@@ -254,16 +252,8 @@ def test_bad_inline_spec_and_duplicate_names(data_root: Path, tmp_path: Path, ca
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-def _env() -> dict:
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
-               TOKENIZERS_PARALLELISM="false", DS_ACCELERATOR="cpu")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    return env
-
-
 def _cli(*args, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hyperscale.cli", *map(str, args)], cwd=cwd, env=_env(),
+    return subprocess.run([sys.executable, "-m", "hyperscale.cli", *map(str, args)], cwd=cwd, env=run_env(),
                           capture_output=True, text=True, timeout=600)
 
 
@@ -295,28 +285,34 @@ def test_three_spec_kinds_train_with_a_built_in_task_export_and_serve_without_sp
     for f in specs.iterdir():  # the export alone knows the tasks now
         f.unlink()
     specs.rmdir()
-    res = _cli("eval", run / "export", "--split", "test", "--json", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    again = json.loads(res.stdout)["test"]["tasks"]
+    # few-shot transfer of the export (whose spec files are gone) to a new spec task, given by its own file
+    fewshot = json.loads(json.dumps(PARITY))
+    fewshot.update(name="parity_fewshot", targets="ids")
+    fewshot["data"].update(train=str(data / "parity_train.jsonl"), validation=str(data / "parity_dev.jsonl"))
+    write_spec(tmp_path, "fewshot.yaml", fewshot)
+    export = str(run / "export")
+    cases = {"eval": ["eval", export, "--split", "test", "--json"],
+             "parity": ["predict", export, "--task", "parity", "--mode", "rank",
+                        "question: is 4 even context: the number 4"],
+             "copy_words": ["predict", export, "--task", "copy_words", "copy the words 3 apples"],
+             "scale": ["predict", export, "--task", "scale", "text: value 3"],
+             "nope": ["predict", export, "--task", "nope", "x"],
+             "adapt": ["adapt", export, "--tasks", "parity_fewshot", "data.task_files=[fewshot.yaml]", "--k", "8",
+                       "--seeds", "1", "--train", "embedding", "--out", tmp_path / "fewshot", "train.max_steps=2"]}
+    work = tmp_path / "cases"
+    said = run_cases({name: ("hyperscale.cli", argv) for name, argv in cases.items()}, work, cwd=tmp_path)
+    assert said["eval"][0] == 0, said["eval"][1][-3000:]
+    again = json.loads((work / "eval.out").read_text())["test"]["tasks"]
     for task in ("parity", "scale", "copy_words", "rte"):
         assert again[task] == pytest.approx(test[task]), task  # the run's scores, reproduced from the export
-    res = _cli("predict", run / "export", "--task", "parity", "--mode", "rank",
-               "question: is 4 even context: the number 4", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.split("\t")[0].strip() in ("yes", "no")  # rank classification picks a label name
+    rc, out = said["parity"]
+    assert rc == 0 and (work / "parity.out").read_text().split("\t")[0].strip() in ("yes", "no"), out[-3000:]
     for task, text in (("copy_words", "copy the words 3 apples"), ("scale", "text: value 3")):
-        res = _cli("predict", run / "export", "--task", task, text, cwd=tmp_path)
-        assert res.returncode == 0 and text in res.stdout, res.stderr[-3000:]
-    res = _cli("predict", run / "export", "--task", "nope", "x", cwd=tmp_path)
-    assert res.returncode == 2 and "Unknown task 'nope'" in res.stderr
-    # few-shot transfer of the export (whose spec files are gone) to a new spec task, given by its own file
-    new = json.loads(json.dumps(PARITY))
-    new.update(name="parity_fewshot", targets="ids")
-    new["data"].update(train=str(data / "parity_train.jsonl"), validation=str(data / "parity_dev.jsonl"))
-    write_spec(tmp_path, "fewshot.yaml", new)
-    res = _cli("adapt", run / "export", "--tasks", "parity_fewshot", "data.task_files=[fewshot.yaml]", "--k", "8",
-               "--seeds", "1", "--train", "embedding", "--out", tmp_path / "fewshot", "train.max_steps=2", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+        rc, out = said[task]
+        assert rc == 0 and text in (work / f"{task}.out").read_text(), out[-3000:]
+    rc, out = said["nope"]
+    assert rc == 2 and "Unknown task 'nope'" in (work / "nope.log").read_text(), out[-3000:]
+    assert said["adapt"][0] == 0, said["adapt"][1][-3000:]
     rows = json.loads((tmp_path / "fewshot" / "results.json").read_text())
     assert "parity_fewshot" in json.dumps(rows) and "f1_macro" in json.dumps(rows)
 

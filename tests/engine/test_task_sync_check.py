@@ -3,15 +3,23 @@ import pytest
 
 from hyperscale.data.sampler import MultiTaskSampler
 from hyperscale.training import distributed as hdist
-from hyperscale.training.recipe import Recipe
 from hyperscale.training.state import TrainState
+from hyperscale.training.task_sync import check_task_sync
 
 
-def _recipe(mode: str) -> Recipe:
-    r = Recipe.__new__(Recipe)
-    r.sampler = MultiTaskSampler({"rte": 50, "cb": 40}, global_batch_size=8, seed=3, mode=mode)
-    r.state, r.world, r.rank = TrainState(), 2, 0
-    return r
+class _Rank0:
+    """What the trainer hands the check on rank 0 of 2: its sampler and step."""
+
+    def __init__(self, mode: str):
+        self.sampler = MultiTaskSampler({"rte": 50, "cb": 40}, global_batch_size=8, seed=3, mode=mode)
+        self.state, self.world, self.rank = TrainState(), 2, 0
+
+    def _check_task_sync(self, examples: list) -> None:
+        check_task_sync(self.sampler, self.state.step, examples, self.world, self.rank)
+
+
+def _recipe(mode: str) -> _Rank0:
+    return _Rank0(mode)
 
 
 def _fake_gather(monkeypatch, slices):

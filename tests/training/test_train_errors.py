@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hyperscale.training.recipe import Recipe
 from hyperscale.training.config import ConfigError, load_config
+from hyperscale.training.resume import resume_point
+from hyperscale.training.rundir import check_output_dir
 from helpers import TINY, run_cases
 
 pytestmark = pytest.mark.distributed  # needs a finished run
@@ -62,8 +63,10 @@ def test_resume_with_other_tasks_is_refused(existing_run: Path, refused):
 
 
 # ------------------------------------------------------------------------------- in-process variants
-def _recipe(run_dir: Path, overrides: list[str], resume) -> Recipe:
-    return Recipe(load_config(TINY, [f"output_dir={run_dir}", "deepspeed.zero_stage=0", *overrides]), resume=resume)
+def _resume_point(run_dir: Path, overrides: list[str], resume) -> None:
+    """The trainer's resume checks (before data, model and engine are built) for this config and --resume."""
+    cfg = load_config(TINY, [f"output_dir={run_dir}", "deepspeed.zero_stage=0", *overrides])
+    resume_point(cfg, resume, Path(cfg.output_dir).resolve())
 
 
 @pytest.mark.parametrize("override, key", [
@@ -74,22 +77,22 @@ def _recipe(run_dir: Path, overrides: list[str], resume) -> Recipe:
 ])
 def test_incompatible_resume_names_the_difference(existing_run: Path, override: str, key: str):
     with pytest.raises(ConfigError) as info:
-        _recipe(existing_run, [override], "auto")._resume_point()
+        _resume_point(existing_run, [override], "auto")
     msg = str(info.value)
     assert "cannot resume" in msg and key in msg and "in the checkpoint" in msg
 
 
 def test_compatible_resume_passes_the_check(existing_run: Path):
     # what does not change the weights may change: dropout, steps, lr, stage, precision
-    _recipe(existing_run, ["model.dropout=0.2", "train.max_steps=20", "train.lr=1e-4",
-                           "deepspeed.zero_stage=2"], "auto")._resume_point()
-    _recipe(existing_run, [], str(existing_run / "checkpoints" / "step-00000008"))._resume_point()
+    _resume_point(existing_run, ["model.dropout=0.2", "train.max_steps=20", "train.lr=1e-4",
+                                 "deepspeed.zero_stage=2"], "auto")
+    _resume_point(existing_run, [], str(existing_run / "checkpoints" / "step-00000008"))
 
 
 def test_output_dir_checks(existing_run: Path, tmp_path: Path):
     with pytest.raises(FileExistsError, match="already holds a run"):
-        _recipe(existing_run, [], None)._check_output_dir()
-    _recipe(existing_run, [], "auto")._check_output_dir()  # continuing is fine
-    _recipe(tmp_path / "new", [], None)._check_output_dir()  # a new directory is fine
+        check_output_dir(existing_run, None)
+    check_output_dir(existing_run, "auto")  # continuing is fine
+    check_output_dir(tmp_path / "new", None)  # a new directory is fine
     with pytest.raises(FileNotFoundError, match="no complete hyperscale checkpoint"):
-        _recipe(tmp_path / "new", [], str(tmp_path / "missing"))._resume_point()
+        _resume_point(tmp_path / "new", [], str(tmp_path / "missing"))
