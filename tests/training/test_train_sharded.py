@@ -43,15 +43,20 @@ def test_bf16_zero1_export_takes_the_fp32_masters(runs):
 def test_zero3_generation_eval_keeps_ranks_in_step(runs):
     """Greedy generation under ZeRO-3 needs every rank in every forward (synced_gpus); with 15 test
     examples on 2 ranks the shards are uneven and padded. The run must finish (no hang) and score
-    every task on both splits."""
+    every task on both splits, on every test example."""
     import json
 
-    run = runs("fp32-z3-generate")
+    run = runs("fp32-z3")
     results = json.loads((run.dir / "results.json").read_text())
     assert set(results) == {"validation", "test"}
     for split in results.values():
-        assert set(split["tasks"]) == {"rte", "stsb"}
-        assert set(split["tasks"]["stsb"]) == {"pearson", "spearman"}
+        assert set(split["tasks"]) == {"rte", "cb"}
+        assert all(set(m) == {"acc"} for m in split["tasks"].values()), split["tasks"]
+    import yaml
+
+    assert yaml.safe_load((run.dir / "config.yaml").read_text())["eval"]["mode"] == "generate"
+    protocol = json.loads((run.dir / "data_protocol.json").read_text())["tasks"]
+    assert {t: p["sizes"]["test"] for t, p in protocol.items()} == {"rte": 15, "cb": 15}
     assert (run.dir / "export" / "model.safetensors").is_file()
 
 
