@@ -16,7 +16,7 @@ from ..data.metrics import average_metrics
 from ..data.specs import registry_for_export
 from ..data.tasks import DEFAULT_STSB_GRID
 from ..errors import ConfigError
-from ..experiments.chance import constant_predictor_scores, metric_name
+from ..data.chance import constant_predictor_scores, metric_name
 from ..modeling.io import read_config
 from ..training.evaluate import first_rows, score_task
 from ..training.export import inference_device, load_export, read_export_info

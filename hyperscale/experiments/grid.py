@@ -43,7 +43,7 @@ from ..training.ds_config import build_ds_config
 from ..training.geometry import batch_geometry
 from ..training.recipe import Recipe
 from . import report
-from .chance import constant_predictor_scores
+from ..data.chance import constant_predictor_scores
 from .report import metric_label
 
 EXPERIMENT_FILE = "experiment.json"

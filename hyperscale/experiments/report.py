@@ -36,7 +36,7 @@ import torch
 
 from ..atomic import replace_with, write_text_atomic
 from ..errors import ConfigError, RunExistsError
-from .chance import metric_name
+from ..data.chance import metric_name
 
 PathLike = Union[str, os.PathLike]
 PLOTS_HINT = "plots need matplotlib: pip install -e '.[plots]' (or pip install matplotlib)"

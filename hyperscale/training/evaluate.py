@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..data.chance import constant_predictor_scores
 from ..data.metrics import average_metrics, compute_task_metrics
 from ..data.tasks import Task
 from ..modeling.context import adapter_context
@@ -147,9 +148,9 @@ def evaluate_split(model: HyperscaleModel, tokenizer: Any, registry: Any, data: 
 
 def run_evaluation(model: HyperscaleModel, tokenizer: Any, registry: Any, data: dict, tasks: Sequence[str], split: str,
                    cfg: RunConfig, step: int, world: int, device: torch.device, console: bool) -> dict:
-    """A training run's evaluation of ``split`` at ``step`` under its ``eval`` settings, as ``eval_*.jsonl`` and
-    ``results.json`` record it; with ``console`` (rank 0) one line on stderr, or a line per task under
-    ``logging.verbose``."""
+    """A training run's evaluation of ``split`` at ``step`` under its ``eval`` settings, as ``RUN/eval`` and
+    ``results.json`` record it (with ``chance``: per task and metric, the best constant answer's score on the same
+    examples); with ``console`` (rank 0) one line on stderr, or a line per task under ``logging.verbose``."""
     t0 = time.perf_counter()
 
     def progress(task: str, n: int, metrics: dict) -> None:
@@ -163,8 +164,11 @@ def run_evaluation(model: HyperscaleModel, tokenizer: Any, registry: Any, data: 
         max_examples=e.max_examples, device=device, max_source_length=cfg.data.max_source_length,
         synced_gpus=cfg.deepspeed.zero_stage == 3 and world > 1,
         on_task=progress if console and cfg.logging.verbose else None)
+    # beside each score, what the best constant answer scores on the same examples (the results table shows it)
+    chance = {task: {metric: ref["score"] for metric, ref in constant_predictor_scores(
+        registry.get(task), first_rows(data[task][split], e.max_examples)["target"]).items()} for task in tasks}
     result = {"step": step, "split": split, "tasks": per_task, "average": average_metrics(per_task),
-              "seconds": time.perf_counter() - t0}
+              "chance": chance, "seconds": time.perf_counter() - t0}
     if console and not cfg.logging.verbose:
         mean = result["average"].get("mean_all_metrics")
         logger.info(f"eval {split} step {step}: {len(per_task)} tasks, {n_examples:,} examples"

@@ -50,14 +50,19 @@ def results_notice(backbone: str) -> Optional[str]:
 
 
 def format_results(results: dict, notice: Optional[str] = None) -> str:
+    """The results table: per split, every task's metrics, each with the best constant answer's score on the same
+    examples in brackets (where the evaluation recorded it), and the averages."""
     if not results:
         return "(no evaluation results)"
     lines = [notice] if notice else []
     for split, res in results.items():
+        chance = res.get("chance") or {}
         lines.append(f"\n{split} (step {res['step']}):")
-        lines.append(f"  {'task':<10} metrics")
+        lines.append(f"  {'task':<10} metrics" + ("  (in brackets: the best constant answer's score)" if chance else ""))
         for task, metrics in res["tasks"].items():
-            lines.append(f"  {task:<10} " + "  ".join(f"{k} {v:6.2f}" for k, v in metrics.items()))
+            ref = chance.get(task, {})
+            lines.append(f"  {task:<10} " + "  ".join(
+                f"{k} {v:6.2f}" + (f" ({ref[k]:.2f})" if k in ref else "") for k, v in metrics.items()))
         avg = res["average"]
         lines.append(f"  {'average':<10} " + "  ".join(f"{k} {v:6.2f}" for k, v in avg.items()))
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from helpers import TINY, launch, run_cases
 from hyperscale.experiments import grid, report, sweep
-from hyperscale.experiments.chance import constant_predictor_scores
+from hyperscale.data.chance import constant_predictor_scores
 from hyperscale.modeling.io import read_config
 
 pytestmark = pytest.mark.distributed

@@ -3,6 +3,7 @@ evaluation progress per task on stderr with --verbose, the result table's notice
 and a default run short of third-party noise (issue 20: 69 lines before, 33 after)."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from hyperscale.data.chance import constant_predictor_scores
+from hyperscale.data.loading import load_multitask_splits
 from helpers import REPO, TINY, run_env
 
 pytestmark = pytest.mark.distributed
@@ -68,3 +71,12 @@ def test_the_default_run_prints_what_a_user_needs(tmp_path: Path):
         assert f"{split} (step 4):" in out
     for where in ("checkpoint:", "tensorboard:", "export:"):
         assert re.search(rf"^ *{where} {re.escape(str(run))}", out, re.M), out
+    # beside every score, the best constant answer's on the same 8 examples: recorded, and shown in brackets
+    results = json.loads((run / "results.json").read_text())
+    test = load_multitask_splits(["rte", "stsb"], None)  # the default's data: the shipped sample, default split
+    for task in ("rte", "stsb"):
+        chance = constant_predictor_scores(task, test[task]["test"]["target"][:8])
+        assert results["test"]["chance"][task] == {m: ref["score"] for m, ref in chance.items()}, task
+    rte, rte_chance = results["test"]["tasks"]["rte"]["acc"], results["test"]["chance"]["rte"]["acc"]
+    table = out[out.index("test (step 4):"):]
+    assert f"  rte        acc {rte:6.2f} ({rte_chance:.2f})" in table, table

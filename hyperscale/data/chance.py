@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Sequence
 
-from ..data.metrics import compute_task_metrics
-from ..data.tasks import get_task
+from .metrics import compute_task_metrics
+from .tasks import get_task
 
 METRIC_NAMES = {"acc": "accuracy", "accuracy": "accuracy", "f1": "F1", "f1_binary": "F1", "f1_macro": "macro F1",
                 "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman", "exact_match": "exact match",
