@@ -26,7 +26,7 @@ from hyperscale.data.loading import load_multitask_splits, protocol_fingerprint
 from hyperscale.data.metrics import compute_task_metrics
 from hyperscale.data.specs import TaskRegistry, build_registry, load_spec_file, parse_spec
 from hyperscale.errors import ConfigError, HyperscaleError
-from helpers import REPO, TINY, run_cases, run_env
+from helpers import REPO, TINY, launch, run_cases
 
 PARITY_ROWS = [{"q": f"is {i} even", "ctx": f"the number {i}", "ans": "yes" if i % 2 == 0 else "no"} for i in range(40)]
 SCALE_ROWS = [{"text": f"value {i}", "score": round(i / 10, 2)} for i in range(30)]
@@ -252,9 +252,11 @@ def test_bad_inline_spec_and_duplicate_names(data_root: Path, tmp_path: Path, ca
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-def _cli(*args, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hyperscale.cli", *map(str, args)], cwd=cwd, env=run_env(),
-                          capture_output=True, text=True, timeout=600)
+def _cli(*args, cwd: Path) -> tuple[int, str]:
+    """``hyperscale ARGS`` in ``cwd`` (a forked preloaded process, tests/preloaded.py): (exit status, output)."""
+    log = cwd / f"hyperscale-{args[0]}.log"
+    proc = launch(["-m", "hyperscale.cli"], [str(a) for a in args], 1, log, timeout=600, cwd=cwd, preloaded=True)
+    return proc.returncode, log.read_text()
 
 
 @pytest.mark.distributed
@@ -271,7 +273,7 @@ def test_three_spec_kinds_train_with_a_built_in_task_export_and_serve_without_sp
     res = _cli("train", TINY, f"output_dir={run}", "data.tasks=[rte,parity,scale,copy_words]",
                "data.task_files=[specs/parity.yaml,specs/scale.yaml,specs/copy_words.yaml]", "train.max_steps=4",
                "checkpoint.every_steps=0", "sampler.mode=mixed", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res[0] == 0, res[1][-3000:]
     results = json.loads((run / "results.json").read_text())
     test = results["test"]["tasks"]
     assert set(test["parity"]) == {"accuracy", "f1_macro"} and set(test["scale"]) == {"pearson", "spearman"}
@@ -511,7 +513,7 @@ def test_two_spec_tasks_with_opposite_answers_are_learnt_and_hyperscale_adapt_fi
                f"train.max_steps={ADAPT_STEPS}", f"train.lr={ADAPT_LR}", "train.warmup_steps=0",
                f"train.global_batch_size={ADAPT_K}", "deepspeed.zero_stage=0", "checkpoint.every_steps=0",
                "eval.splits=[test]", "eval.batch_size=256", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res[0] == 0, res[1][-3000:]
     [row] = json.loads((out / "results.json").read_text())["rows"]
     assert (row["new_task"], row["k"], row["metric"]) == ("marker_again", ADAPT_K, "accuracy")
     print(f"[spec adapt] hyperscale adapt of a task equal to {equal_to}, k={ADAPT_K}, {ADAPT_STEPS} steps: held-out "

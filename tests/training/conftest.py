@@ -1,6 +1,7 @@
 """Trainer tests: real DeepSpeed runs of the tiny CPU config, shared between tests.
 
-Every training launch is expensive (about 10 s of start-up), so the runs live in one session-scoped
+Every training launch is expensive (about 10 s of start-up; 2-3 s forked from tests/preloaded.py, which these
+runs use: two ranks start as srun starts them), so the runs live in one session-scoped
 registry (``runs``, see training_helpers.py): a test asks for a run by name, the first request
 launches it, later ones reuse it, and a failed launch is remembered (each test that needs it fails
 with the launch's log tail instead of launching again).

@@ -169,7 +169,8 @@ def test_a_global_batch_the_ranks_cannot_share_is_refused_before_anything_is_wri
 def test_auto_values_are_recorded_and_a_resume_on_another_world_size_chooses_the_micro_batch_again(tmp_path: Path):
     run = tmp_path / "run"
     common = [str(TINY), f"output_dir={run}", "deepspeed.zero_stage=auto"]
-    proc = launch(["-m", "hyperscale.train"], [*common, "train.max_steps=4"], 1, tmp_path / "one.log")
+    proc = launch(["-m", "hyperscale.train"], [*common, "train.max_steps=4"], 1, tmp_path / "one.log",
+                  preloaded=True)
     assert proc.returncode == 0, log_tail(tmp_path / "one.log")
     saved = yaml.safe_load((run / "config.yaml").read_text())
     stage = saved["deepspeed"]["zero_stage"]
@@ -180,7 +181,7 @@ def test_auto_values_are_recorded_and_a_resume_on_another_world_size_chooses_the
     assert yaml.safe_load((ckpt / "run_config.yaml").read_text())["deepspeed"]["zero_stage"] == stage
     # two ranks now: the stage is the checkpoint's, the micro-batch is chosen for 4 examples per rank
     proc = launch(["-m", "hyperscale.train"], [*common, "train.max_steps=6", "--resume", "auto"], 2,
-                  tmp_path / "two.log")
+                  tmp_path / "two.log", preloaded=True)
     assert proc.returncode == 0, log_tail(tmp_path / "two.log")
     text = (tmp_path / "two.log").read_text()
     assert f"deepspeed.zero_stage=auto -> {stage} kept from the checkpoint" in text

@@ -79,7 +79,7 @@ def test_an_export_outlives_its_run(tmp_path: Path):
     run = tmp_path / "run"
     log = tmp_path / "train.log"
     proc = launch(["-m", "hyperscale.train"], [str(TINY), f"output_dir={run}", "deepspeed.zero_stage=0",
-                                               "train.max_steps=4"], 1, log, timeout=240)
+                                               "train.max_steps=4"], 1, log, timeout=240, preloaded=True)
     assert proc.returncode == 0, log_tail(log)
     recorded = json.loads((run / "checkpoints" / "step-00000004" / "hyperscale_config.json").read_text())
     assert recorded["backbone_id"] == str((run / "backbone").resolve())  # a preset: saved into the run

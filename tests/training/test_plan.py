@@ -80,7 +80,7 @@ def test_model_states_equal_the_engine_on_one_rank(world1_group):
 @pytest.mark.distributed
 def test_model_states_equal_the_engine_on_two_ranks(tmp_path):
     out, log = tmp_path / "holdings.json", tmp_path / "probe.log"
-    proc = launch([str(PROBE)], ["--out", str(out), *CONFIGS], 2, log, timeout=300)
+    proc = launch([str(PROBE)], ["--out", str(out), *CONFIGS], 2, log, timeout=300, preloaded=True)
     assert proc.returncode == 0, log_tail(log)
     measured = json.loads(out.read_text())
     assert sorted(measured) == sorted(CONFIGS)

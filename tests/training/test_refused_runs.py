@@ -60,7 +60,7 @@ def test_refused_runs_leave_nothing_behind(tmp_path: Path):
     spec.write_text(json.dumps(cases))
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    proc = launch([str(script)], [str(spec), str(result)], 1, log, timeout=300)
+    proc = launch([str(script)], [str(spec), str(result)], 1, log, timeout=300, preloaded=True)
     assert proc.returncode == 0, log_tail(log)
     text = log.read_text()
     assert json.loads(result.read_text()) == {name: 2 for name, _, _ in cases}, log_tail(log)

@@ -16,11 +16,12 @@ pytestmark = pytest.mark.distributed
 NAN_DRIVER = Path(__file__).resolve().parent / "nan_driver.py"
 
 
-def _run(run: Path, nproc: int, stage: int, nan: str, *extra: str) -> tuple[int, str]:
+def _run(run: Path, nproc: int, stage: int, nan: str, *extra: str, preloaded: bool = True) -> tuple[int, str]:
+    """The NaN-injecting driver (forked preloaded, tests/preloaded.py; ``preloaded=False``: torchrun for 2 ranks)."""
     log = run.parent / f"{run.name}.log"
     proc = launch([str(NAN_DRIVER)], [*nan.split(), str(TINY), f"output_dir={run}", f"deepspeed.zero_stage={stage}",
                                       "train.max_steps=6", "checkpoint.every_steps=2", "eval.max_examples=4", *extra],
-                  nproc, log)
+                  nproc, log, preloaded=preloaded)
     return proc.returncode, log.read_text()
 
 
@@ -75,7 +76,7 @@ def test_skip_stops_after_max_skipped_steps_in_a_row(tmp_path: Path):
 
 def test_abort_stops_every_rank_when_one_rank_meets_a_nan(tmp_path: Path):
     run = tmp_path / "run"
-    rc, text = _run(run, 2, 2, "--nan-steps 3 --nan-ranks 1")
+    rc, text = _run(run, 2, 2, "--nan-steps 3 --nan-ranks 1", preloaded=False)  # as torchrun ends it
     # torchrun exits 1 when a rank fails; the rank that reports exits 2 (the error handler's status)
     assert rc != 0 and "exitcode  : 2" in text, text[-4000:]
     [line] = _errors(text)  # rank 0 reports, once

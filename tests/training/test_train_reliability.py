@@ -191,7 +191,7 @@ def test_resume_on_another_world_size_goes_through_a_universal_checkpoint(runs, 
     cut_run(reference.dir, run, RESUME_STEP)
     log = tmp_path / "one-rank.log"
     proc = launch(["-m", "hyperscale.train"], [str(TINY), f"output_dir={run}", f"deepspeed.zero_stage={stage}",
-                                               "--resume", "auto"], 1, log, timeout=240)
+                                               "--resume", "auto"], 1, log, timeout=240, preloaded=True)
     text = log.read_text()
     assert proc.returncode == 0, log_tail(log)
     assert "resuming through DeepSpeed's universal checkpoint format" in text and f"at step {RESUME_STEP}" in text
@@ -208,7 +208,8 @@ def test_resume_under_another_zero_stage_is_refused_before_the_model_is_built(ru
     shutil.copytree(runs("fp32-z2").dir, run)
     log = tmp_path / "stage1.log"
     proc = launch(["-m", "hyperscale.train"], [str(TINY), f"output_dir={run}", "deepspeed.zero_stage=1",
-                                               "train.max_steps=14", "--resume", "auto"], 2, log, timeout=180)
+                                               "train.max_steps=14", "--resume", "auto"], 2, log, timeout=180,
+                  preloaded=True)
     text = log.read_text()
     assert proc.returncode != 0, text[-3000:]
     [line] = _error_lines(text)
@@ -252,7 +253,7 @@ def test_preemption_at_a_checkpoint_step_saves_once_and_resumes_exactly(runs, tm
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{stopped:08d}"
 
     log = tmp_path / "resume.log"
-    proc = launch(["-m", "hyperscale.train"], [*args, "--resume", "auto"], 2, log)
+    proc = launch(["-m", "hyperscale.train"], [*args, "--resume", "auto"], 2, log, preloaded=True)
     assert proc.returncode == 0, log_tail(log)
     resumed = {e["step"]: e["loss"] for e in map(json.loads, log_file.read_text().splitlines())}
     reference = runs("fp32-z2").losses()

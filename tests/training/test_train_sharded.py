@@ -133,7 +133,7 @@ def test_no_rank_holds_a_whole_frozen_weight_at_t5_small_size(tmp_path):
     backbone.save_pretrained(str(directory))
     del backbone
     out, log = tmp_path / "probe.json", tmp_path / "probe.log"
-    proc = launch([str(Path(__file__).resolve().parent / "sharded_probe.py")], [str(directory), str(out)], 2, log)
+    proc = launch([str(Path(__file__).resolve().parent / "sharded_probe.py")], [str(directory), str(out)], 2, log, preloaded=True)
     assert proc.returncode == 0, log_tail(log)
     probe = json.loads(out.read_text())
     assert probe["world"] == 2 and probe["whole"] == [], probe["whole"][:5]

@@ -119,7 +119,7 @@ class Runs:
             run.probe = self.base / f"{name}.probe.pt"
             target = [str(DRIVER)]
             args.append(f"--probe={run.probe}")
-        proc = launch(target, args, spec.nproc, run.log)
+        proc = launch(target, args, spec.nproc, run.log, preloaded=True)  # what a run does; launchers: elsewhere
         if proc.returncode != 0:
             raise RuntimeError(f"{name}: exit {proc.returncode}; log {run.log}:\n{log_tail(run.log)}")
         return run
