@@ -26,8 +26,8 @@ RANK_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 CASE_DRIVER = Path(__file__).resolve().parent / "case_driver.py"
 PRELOADED = Path(__file__).resolve().parent / "preloaded.py"
 
-__all__ = ["CONFIG_DIR", "RANK_VARS", "REPO", "TINY", "find_free_port", "launch", "log_tail", "run_cases", "run_env",
-           "saved_env", "wait_until"]
+__all__ = ["CONFIG_DIR", "RANK_VARS", "REPO", "TINY", "find_free_port", "launch", "log_tail", "rank_envs", "run_cases",
+           "run_env", "saved_env", "wait_until"]
 
 T = TypeVar("T")
 
@@ -46,6 +46,14 @@ def run_env() -> dict:
     for var in [v for v in env if v.startswith(("SLURM_", "PMI_", "OMPI_"))]:
         env.pop(var)  # not a task of some outer job
     return env
+
+
+def rank_envs(nproc: int) -> list[dict]:
+    """The environments of ``nproc`` ranks on this host, as srun starts a job's tasks: :func:`run_env` plus RANK,
+    LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE and a free MASTER_PORT on 127.0.0.1."""
+    base, port = run_env(), str(find_free_port())
+    return [dict(base, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+                 MASTER_ADDR="127.0.0.1", MASTER_PORT=port) for r in range(nproc)]
 
 
 def launch(target: list[str], args: list[str], nproc: int, log: Path, timeout: int = LAUNCH_TIMEOUT_S,
@@ -83,19 +91,26 @@ class _Preloaded:
     itself when this process is gone)."""
 
     def __init__(self) -> None:
+        import threading
+
         self.proc: Optional[subprocess.Popen] = None
         self.dir: Optional[str] = None
+        self.lock = threading.Lock()  # tests may launch from several threads (test_errors): one server
 
     def socket_path(self) -> str:
+        with self.lock:
+            return self._start()
+
+    def _start(self) -> str:
         if self.proc is None or self.proc.poll() is not None:
             import atexit
             import tempfile
 
             self.dir = tempfile.mkdtemp(prefix="hyperscale-preloaded-")
             path = os.path.join(self.dir, "socket")
-            log = open(os.path.join(self.dir, "server.log"), "w")
-            self.proc = subprocess.Popen([sys.executable, str(PRELOADED), path], cwd=REPO, env=run_env(),
-                                         stdout=subprocess.PIPE, stderr=log, text=True)
+            with open(os.path.join(self.dir, "server.log"), "w") as log:
+                self.proc = subprocess.Popen([sys.executable, str(PRELOADED), path], cwd=REPO, env=run_env(),
+                                             stdout=subprocess.PIPE, stderr=log, text=True)
             line = self.proc.stdout.readline()
             if line.strip() != "ready":
                 raise RuntimeError(f"tests/preloaded.py did not start:\n{Path(self.dir, 'server.log').read_text()}")
@@ -115,13 +130,7 @@ def _launch_preloaded(target: list[str], args: list[str], nproc: int, log: Path,
                       cwd: Path) -> subprocess.CompletedProcess:
     import socket
 
-    base = run_env()
-    if nproc == 1:
-        envs = [base]
-    else:
-        port = str(find_free_port())
-        envs = [dict(base, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
-                     MASTER_ADDR="127.0.0.1", MASTER_PORT=port) for r in range(nproc)]
+    envs = [run_env()] if nproc == 1 else rank_envs(nproc)
     cmd = ["python", *target, *args]
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(f"$ [preloaded, {nproc} process(es)] " + " ".join(cmd) + "\n")
