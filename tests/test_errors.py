@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, TINY, find_free_port, run_cases, run_env
+from helpers import REPO, TINY, rank_envs, run_cases
 
 pytestmark = pytest.mark.distributed
 
@@ -67,12 +67,8 @@ def _with_run_dir(args: list[str], out: Path) -> list[str]:
 
 
 def _two_ranks(args: list[str]) -> tuple[list[int], str]:
-    env = run_env()
-    port = str(find_free_port())
-    envs = [dict(env, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-            for r in range(2)]
     procs = [subprocess.Popen([sys.executable, "-m", "hyperscale.train", *args], cwd=REPO, env=e,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for e in envs]
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for e in rank_envs(2)]
     texts = [p.communicate(timeout=240)[0] for p in procs]
     return [p.returncode for p in procs], "".join(texts)
 

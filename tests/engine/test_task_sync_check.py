@@ -1,4 +1,6 @@
 """distributed.check_task_sync: the ranks' slices must put together the step's global batch."""
+from types import SimpleNamespace
+
 import pytest
 
 from hyperscale.data.sampler import MultiTaskSampler
@@ -7,19 +9,14 @@ from hyperscale.training.state import TrainState
 from hyperscale.training.task_sync import check_task_sync
 
 
-class _Rank0:
+def _recipe(mode: str) -> SimpleNamespace:
     """What the trainer hands the check on rank 0 of 2: its sampler and step."""
-
-    def __init__(self, mode: str):
-        self.sampler = MultiTaskSampler({"rte": 50, "cb": 40}, global_batch_size=8, seed=3, mode=mode)
-        self.state, self.world, self.rank = TrainState(), 2, 0
-
-    def _check_task_sync(self, examples: list) -> None:
-        check_task_sync(self.sampler, self.state.step, examples, self.world, self.rank)
+    sampler = MultiTaskSampler({"rte": 50, "cb": 40}, global_batch_size=8, seed=3, mode=mode)
+    return SimpleNamespace(sampler=sampler, state=TrainState(), world=2, rank=0)
 
 
-def _recipe(mode: str) -> _Rank0:
-    return _Rank0(mode)
+def _check(r: SimpleNamespace, examples: list) -> None:
+    check_task_sync(r.sampler, r.state.step, examples, r.world, r.rank)
 
 
 def _fake_gather(monkeypatch, slices):
@@ -34,7 +31,7 @@ def test_consistent_ranks_pass(monkeypatch, mode):
         mine = r.sampler.next_rank_batch(0, 2)
         assert mine == slices[0]
         _fake_gather(monkeypatch, slices)
-        r._check_task_sync(mine)
+        _check(r, mine)
         r.state.step += 1
 
 
@@ -49,4 +46,4 @@ def test_a_rank_with_another_seed_fails_loudly(monkeypatch):
         r.state.step += 1
     _fake_gather(monkeypatch, [mine, theirs])
     with pytest.raises(RuntimeError, match=r"task sync check failed at step \d+ on rank 0: ranks \[1\]"):
-        r._check_task_sync(mine)
+        _check(r, mine)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, TINY, find_free_port, launch, log_tail, run_cases, run_env, wait_until
+from helpers import REPO, TINY, launch, log_tail, rank_envs, run_cases, wait_until
 from hyperscale.cli import main
 from hyperscale.errors import CheckpointError
 from hyperscale.training import checkpoint as ckpt
@@ -229,13 +229,9 @@ def test_preemption_at_a_checkpoint_step_saves_once_and_resumes_exactly(runs, tm
 
     run = tmp_path / "preempted"
     args = [str(TINY), f"output_dir={run}", "checkpoint.every_steps=1", "logging.every_steps=1"]
-    port = str(find_free_port())
     logs = [(tmp_path / f"rank{r}.log").open("w") for r in range(2)]
     procs = [subprocess.Popen([sys.executable, "-m", "hyperscale.train", *args], cwd=REPO, stdout=logs[r],
-                              stderr=subprocess.STDOUT, env=dict(run_env(), RANK=str(r), LOCAL_RANK=str(r),
-                                                                 WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                                                                 MASTER_PORT=port))
-             for r in range(2)]
+                              stderr=subprocess.STDOUT, env=env) for r, env in enumerate(rank_envs(2))]
     log_file = run / "train_log.jsonl"
     wait_until(lambda: log_file.is_file() and len(log_file.read_text().splitlines()) >= 3, timeout=240,
                what=f"step 3 in {log_file}")
