@@ -14,8 +14,9 @@ process group of the request's processes: the client kills it on a timeout) and,
 ``{"codes": [...]}``. When a process fails the others are stopped (SIGTERM, then SIGKILL after STOP_GRACE_S), as
 torchrun stops a failed job's ranks. The server exits when its parent (the test session) is gone.
 
-Before forking, this process has run no parallel torch operation and started no thread: a fork then inherits no
-OpenMP team and no lock held by another thread.
+Before forking, this process has run no parallel torch operation, so a fork inherits no OpenMP team; a thread that
+an import started (none on the machines this was measured on) is noted in the server's log, since a fork keeps only
+the forking thread.
 """
 from __future__ import annotations
 
